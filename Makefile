@@ -1,0 +1,42 @@
+# celeryd: every entry point a developer or CI needs.  All recipes run as root
+# on a fresh Debian 12 machine and install what they need themselves.
+PYTHON := /usr/bin/python3
+PYTEST := $(PYTHON) -m pytest
+# Tests run on Debian's python3, the one the packages run on (facts.md).
+export PATH := /usr/sbin:/usr/bin:/sbin:/bin:$(PATH)
+APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends
+
+RUNTIME_DEPS := python3-celery python3-kombu python3-amqp python3-sdnotify python3-yaml
+TEST_DEPS := python3-pytest python3-hypothesis rabbitmq-server util-linux
+BUILD_DEPS := debhelper dh-python python3-all python3-setuptools python3-stdeb \
+	lintian fakeroot dpkg-dev build-essential
+SYSTEM_DEPS := debootstrap systemd-container iproute2
+
+.PHONY: all deps test unit integration deb lint system demo bench clean
+
+all: test
+
+# rabbitmq-server is installed without starting the host's service: the tests
+# start their own private node (policy-rc.d answers 101 for the install only).
+deps:
+	@missing=$$(for p in $(RUNTIME_DEPS) $(TEST_DEPS) $(BUILD_DEPS) $(SYSTEM_DEPS); do \
+		dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing: $$missing"; \
+		apt-get -o DPkg::Lock::Timeout=600 update -q >/dev/null; \
+		had_policy=1; [ -e /usr/sbin/policy-rc.d ] || { had_policy=0; printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; }; \
+		$(APT_INSTALL) $$missing; rc=$$?; \
+		[ $$had_policy = 1 ] || rm -f /usr/sbin/policy-rc.d; exit $$rc; \
+	fi
+
+unit: deps
+	$(PYTEST) -q tests/unit
+
+integration: deps
+	$(PYTEST) -q tests/integration
+
+test: deps
+	$(PYTEST) -q tests/unit tests/integration
+
+clean:
+	rm -rf build dist deb_dist .pytest_cache *.egg-info

@@ -1,0 +1,4 @@
+"""Shim for the stdeb and dh-python routes; all metadata lives in setup.cfg."""
+from setuptools import setup
+
+setup()
