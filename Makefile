@@ -38,5 +38,13 @@ integration: deps
 test: deps
 	$(PYTEST) -q tests/unit tests/integration
 
+# Booted Debian 13 and 12 containers (tests/system/harness.py); rootfs cached in /var/cache/celeryd-test.
+system: deps
+	$(PYTEST) -q tests/system
+
+# Install the debs as a user would (on the host if systemd is PID 1, else in a container) and add 4 4.
+demo: deps deb
+	$(PYTHON) -m tests.system.demo
+
 clean:
 	rm -rf build dist deb_dist .pytest_cache *.egg-info
