@@ -48,3 +48,35 @@ demo: deps deb
 
 clean:
 	rm -rf build dist deb_dist .pytest_cache *.egg-info
+
+# --- Debian packages (issue 4) -------------------------------------------
+# deb: build the three binary packages from a copy of the tree (tracked and
+# untracked-but-not-ignored files) in build/src, so neither the tree nor its
+# parent gets build products; the .debs, .changes and .buildinfo land in
+# build/debs.  lint: lintian on exactly those.  stdeb: the stdeb route, which
+# builds python3-celeryd-pkg alone from setup.cfg [sdist_dsc], in build/stdeb.
+DEB_VERSION := $(shell sed -n '1s/.*(\(.*\)).*/\1/p' debian/changelog)
+DEB_SRC := build/src/celeryd-$(DEB_VERSION)
+
+.PHONY: stdeb
+
+deb: deps
+	rm -rf build/src build/debs
+	mkdir -p $(DEB_SRC) build/debs
+	git ls-files -z -co --exclude-standard | \
+		tar --null --no-recursion --ignore-failed-read -T - -cf - | tar -xf - -C $(DEB_SRC)
+	cd $(DEB_SRC) && dpkg-buildpackage -us -uc -b
+	mv build/src/*.deb build/src/*.changes build/src/*.buildinfo build/debs/
+	ls -l build/debs
+
+lint: deps
+	lintian --fail-on error,warning build/debs/*.changes build/debs/*.deb
+
+stdeb: deps
+	rm -rf build/stdeb
+	mkdir -p build/stdeb/src
+	git ls-files -z -co --exclude-standard | \
+		tar --null --no-recursion --ignore-failed-read -T - -cf - | tar -xf - -C build/stdeb/src
+	cd build/stdeb/src && $(PYTHON) setup.py --command-packages=stdeb.command bdist_deb
+	mv build/stdeb/src/deb_dist/*.deb build/stdeb/
+	ls -l build/stdeb/*.deb
