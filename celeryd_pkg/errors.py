@@ -1,0 +1,52 @@
+"""Errors users see: each names what failed and carries its exit code."""
+
+__all__ = [
+    "CelerydError", "TaskFailed", "UsageError", "ConfigError",
+    "BrokerUnreachable", "AccessRefused", "ResultTimeout",
+]
+
+
+class CelerydError(Exception):
+    """Base of every error a command reports as one line and an exit code, never a traceback."""
+
+    exit_code = 1
+
+    def __init__(self, message):
+        super().__init__(message)
+        self.message = message
+
+
+class TaskFailed(CelerydError):
+    """The task ran and raised."""
+
+    exit_code = 1
+
+
+class UsageError(CelerydError):
+    """Bad arguments or input."""
+
+    exit_code = 2
+
+
+class ConfigError(CelerydError):
+    """A configuration file or setting is unreadable or invalid."""
+
+    exit_code = 3
+
+
+class BrokerUnreachable(CelerydError):
+    """No connection to the broker (DNS, TCP, or the broker itself)."""
+
+    exit_code = 4
+
+
+class AccessRefused(CelerydError):
+    """The broker refused the login or the vhost/queue permission."""
+
+    exit_code = 5
+
+
+class ResultTimeout(CelerydError):
+    """The task was sent but no result came back in time."""
+
+    exit_code = 6

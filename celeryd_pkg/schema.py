@@ -1,0 +1,79 @@
+"""The configuration schema: every key, its type, default and meaning."""
+
+from dataclasses import dataclass
+
+__all__ = ["Key", "SCHEMA", "CREDENTIAL_KEYS", "defaults"]
+
+
+@dataclass(frozen=True)
+class Key:
+    """One configuration key: its Python type, default and a one-line description."""
+
+    type: type
+    default: object
+    description: str
+    # None is a valid value (the key is optional).
+    optional: bool = False
+    # Only for int: the smallest allowed value.
+    minimum: int = None
+
+
+SCHEMA = {
+    "broker": {
+        "host": Key(str, "localhost", "RabbitMQ host name or address."),
+        "port": Key(int, 5672, "RabbitMQ AMQP port.", minimum=1),
+        "vhost": Key(str, "celery", "RabbitMQ virtual host."),
+        "user": Key(str, "celery", "RabbitMQ user."),
+        "password": Key(
+            str, None, "RabbitMQ password; belongs in /etc/celeryd/credentials.", optional=True
+        ),
+        "connect_timeout": Key(
+            int, 4, "Seconds to wait for a TCP connection to the broker.", minimum=1
+        ),
+        "heartbeat": Key(int, 60, "AMQP heartbeat in seconds (0 disables).", minimum=0),
+    },
+    "worker": {
+        "concurrency": Key(int, 2, "Number of prefork child processes.", minimum=1),
+        "queues": Key(list, ["celery"], "Queues this worker consumes from."),
+        "prefetch_multiplier": Key(
+            int, 1, "Messages reserved per child; 1 is safest with late acks.", minimum=1
+        ),
+        "name": Key(
+            str, None, "Node name (default celery@HOSTNAME, or NAME@HOSTNAME for an instance).",
+            optional=True,
+        ),
+        "loglevel": Key(str, "info", "Log level: debug, info, warning, error or critical."),
+        "broker_lost_grace": Key(
+            int, 300,
+            "Seconds without a broker after which watchdog pings stop, so systemd restarts us.",
+            minimum=0,
+        ),
+    },
+    "tasks": {
+        "modules": Key(list, [], "Extra Python modules with your own tasks, imported at start."),
+        "pythonpath": Key(list, [], "Directories prepended to sys.path to find those modules."),
+        "time_limit": Key(
+            int, None, "Hard time limit per task in seconds (unset: none).", optional=True,
+            minimum=1,
+        ),
+    },
+    "results": {
+        "expires": Key(int, 86400, "Seconds a result is kept for the client.", minimum=1),
+    },
+    "client": {
+        "timeout": Key(int, 30, "Seconds celery-submit waits for a result.", minimum=0),
+        "queue": Key(str, "celery", "Queue celery-submit sends to by default."),
+    },
+}
+
+# The only keys the credentials file may set: where the broker is and how to log in.
+CREDENTIAL_KEYS = {"broker": {"host", "port", "vhost", "user", "password"}}
+
+
+def defaults():
+    """Return a fresh nested dict of every key's built-in default."""
+    return {
+        section: {name: (list(key.default) if key.type is list else key.default)
+                  for name, key in keys.items()}
+        for section, keys in SCHEMA.items()
+    }

@@ -1,0 +1,217 @@
+"""celery-submit: send a task by name to the celeryd workers and print its result."""
+
+import argparse
+import json
+import os
+import socket
+import sys
+import time
+import uuid
+
+from celeryd_pkg.errors import (
+    BrokerUnreachable, CelerydError, ResultTimeout, TaskFailed, UsageError,
+)
+from celeryd_pkg.tasks import NAMESPACE
+
+__all__ = ["main", "parse_args", "parse_value", "task_name", "build_message"]
+
+READY_STATES = {"SUCCESS", "FAILURE", "REVOKED"}
+# RabbitMQ's direct reply-to: results come back without a reply queue to declare.
+REPLY_TO = "amq.rabbitmq.reply-to"
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(f"celery-submit: {message} (see celery-submit --help)")
+
+
+def parse_args(argv):
+    """Given argv, return the parsed arguments. Raise UsageError on bad input, before any
+    broker I/O."""
+    parser = Parser(
+        prog="celery-submit",
+        description="Send a task to the celeryd workers and print its result.",
+        epilog="Exit codes: 0 success, 1 the task raised, 2 bad arguments, 3 bad config, "
+               "4 broker unreachable, 5 broker refused access, 6 timeout waiting for the result.")
+    parser.add_argument("task", help="task name: add, mul, xsum, echo, sleep, or a dotted name")
+    parser.add_argument("args", nargs="*", metavar="ARG",
+                        help="positional arguments, JSON literals where they parse")
+    parser.add_argument("--kwarg", action="append", default=[], metavar="K=V",
+                        help="keyword argument (repeatable); V is a JSON literal or a string")
+    parser.add_argument("--queue", help="queue to send to (default: client.queue)")
+    parser.add_argument("--countdown", type=float, metavar="S", help="run no sooner than S seconds from now")
+    parser.add_argument("--timeout", type=float, metavar="S",
+                        help="seconds to wait for the result (default: client.timeout)")
+    parser.add_argument("--no-wait", action="store_true", help="print the task id and exit")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON object: id, state, result, runtime")
+    parser.add_argument("--config", metavar="FILE", help="config file (default /etc/celeryd/celeryd.yaml)")
+    args = parser.parse_args(argv)
+    args.task = task_name(args.task)
+    args.args = [parse_value(value) for value in args.args]
+    args.kwargs = {}
+    for item in args.kwarg:
+        key, sep, value = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise UsageError(f"celery-submit: --kwarg {item!r}: expected NAME=VALUE")
+        args.kwargs[key] = parse_value(value)
+    for name in ("countdown", "timeout"):
+        value = getattr(args, name)
+        if value is not None and not (0 <= value < 1e9):
+            raise UsageError(f"celery-submit: --{name} {value}: expected seconds >= 0")
+    return args
+
+
+def task_name(name):
+    """Bare names are built-ins (add -> celeryd.add); dotted names pass through."""
+    if not name or any(c.isspace() for c in name) or name.startswith(".") or name.endswith("."):
+        raise UsageError(f"celery-submit: task name {name!r}: expected NAME or module.NAME")
+    return name if "." in name else NAMESPACE + name
+
+
+def parse_value(text):
+    """A JSON literal where it parses (4 -> int, [1,2] -> list, "x" -> str), else the string."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def build_message(task, args, kwargs, task_id, reply_to=None, countdown=None, now=None):
+    """Return (body, properties) of a Celery task message, protocol 2, JSON."""
+    eta = None
+    if countdown:
+        from datetime import datetime, timedelta, timezone
+
+        eta = ((now or datetime.now(timezone.utc)) + timedelta(seconds=countdown)).isoformat()
+    headers = {
+        "lang": "py", "task": task, "id": task_id, "shadow": None, "eta": eta, "expires": None,
+        "group": None, "group_index": None, "retries": 0, "timelimit": [None, None],
+        "root_id": task_id, "parent_id": None, "argsrepr": repr(tuple(args)),
+        "kwargsrepr": repr(kwargs), "origin": f"{os.getpid()}@{socket.gethostname()}",
+        "ignore_result": reply_to is None,
+    }
+    embed = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+    body = json.dumps([list(args), kwargs, embed])
+    properties = {
+        "content_type": "application/json", "content_encoding": "utf-8",
+        "correlation_id": task_id, "delivery_mode": 2, "priority": 0, "application_headers": headers,
+    }
+    if reply_to:
+        properties["reply_to"] = reply_to
+    return body, properties
+
+
+def submit(config, args):
+    """Publish the task (confirmed, mandatory) and, unless --no-wait, wait for its result.
+    Return a dict with id, state, result and runtime."""
+    import amqp
+
+    from celeryd_pkg import broker
+
+    task_id = str(uuid.uuid4())
+    timeout = config.client.timeout if args.timeout is None else args.timeout
+    queue = args.queue or config.client.queue
+    connection = broker.connect(config)
+    replies = []
+    returned = []
+    try:
+        channel = connection.channel()
+        if not args.no_wait:
+            channel.basic_consume(REPLY_TO, no_ack=True, callback=replies.append)
+        channel.events["basic_return"].add(lambda *returned_args: returned.append(True))
+        body, properties = build_message(args.task, args.args, args.kwargs, task_id,
+                                         None if args.no_wait else REPLY_TO, args.countdown)
+        started = time.monotonic()
+        # Waits for the broker's confirm; an unroutable message comes back first.
+        channel.basic_publish_confirm(amqp.Message(body, **properties), exchange="",
+                                      routing_key=queue, mandatory=True,
+                                      confirm_timeout=config.broker.connect_timeout)
+        if returned:
+            raise BrokerUnreachable(
+                f"celery-submit: no queue '{queue}' on {config.broker_url()}: no worker has "
+                f"consumed from it yet (systemctl start celery-worker) or --queue is misspelt")
+        if args.no_wait:
+            return {"id": task_id, "state": "PENDING", "result": None, "runtime": None}
+        reply = _wait_for_result(connection, replies, task_id, started, timeout)
+    except CelerydError:
+        raise
+    except Exception as error:  # noqa: BLE001 - translated, never shown as a traceback
+        raise broker.translate(error, config) from None
+    finally:
+        try:
+            connection.collect() if connection.transport is None else connection.close()
+        except Exception:  # noqa: BLE001 - the result is what matters; closing is best effort
+            pass
+    return {"id": task_id, "state": reply.get("status"), "result": reply.get("result"),
+            "runtime": round(time.monotonic() - started, 6)}
+
+
+def _wait_for_result(connection, replies, task_id, started, timeout):
+    deadline = started + timeout
+    while True:
+        for message in replies:
+            if message.properties.get("correlation_id") == task_id:
+                reply = json.loads(message.body)
+                if reply.get("status") in READY_STATES:
+                    return reply
+        replies.clear()
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            error = ResultTimeout(f"celery-submit: no result for task {task_id} within "
+                                  f"{timeout:g}s (is a worker running? celeryd-admin check)")
+            error.task_id = task_id
+            raise error
+        try:
+            connection.drain_events(timeout=remaining)
+        except socket.timeout:
+            pass
+
+
+def format_result(outcome, as_json):
+    if as_json:
+        return json.dumps(outcome, sort_keys=True)
+    result = outcome["result"]
+    return result if isinstance(result, str) else json.dumps(result)
+
+
+def failure_message(task, outcome):
+    error = outcome["result"] if isinstance(outcome["result"], dict) else {}
+    exc_type = error.get("exc_type", outcome["state"])
+    message = error.get("exc_message", "")
+    if isinstance(message, list):
+        message = ", ".join(str(part) for part in message)
+    return f"celery-submit: task {task} [{outcome['id']}] raised {exc_type}: {message}"
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        args = parse_args(argv)
+        from celeryd_pkg import config
+
+        settings = config.load(args.config)
+        outcome = submit(settings, args)
+        if args.no_wait and not args.json:
+            print(outcome["id"])
+            return 0
+        if outcome["state"] != "SUCCESS":
+            if args.json:
+                print(format_result(outcome, True))
+            raise TaskFailed(failure_message(args.task, outcome))
+        print(format_result(outcome, args.json))
+        return 0
+    except ResultTimeout as error:
+        # The id on stdout, so a script can look the task up later.
+        print(error.task_id)
+        print(error.message, file=sys.stderr)
+        return error.exit_code
+    except CelerydError as error:
+        print(error.message, file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""The worker daemon: `python3 -m celeryd_pkg.worker`, run by celery-worker.service."""
+
+import argparse
+import atexit
+import logging
+import os
+import socket
+import sys
+
+from celeryd_pkg import config as config_module
+from celeryd_pkg.errors import CelerydError
+from celeryd_pkg.notify import Notifier
+
+__all__ = ["main"]
+
+logger = logging.getLogger("celeryd.worker")
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(
+        prog="celeryd-worker",
+        description="Run a Celery worker configured from /etc/celeryd (systemd Type=notify).")
+    parser.add_argument("--config", metavar="FILE",
+                        help="main config file (default /etc/celeryd/celeryd.yaml)")
+    parser.add_argument("--instance", metavar="NAME",
+                        help="named worker: also reads conf.d/@NAME.yaml, node name NAME@host")
+    parser.add_argument("-c", "--concurrency", type=int, help="number of child processes")
+    parser.add_argument("-Q", "--queues", help="comma-separated queues to consume")
+    parser.add_argument("-l", "--loglevel", help="debug, info, warning, error or critical")
+    return parser.parse_args(argv)
+
+
+def load_config(args):
+    overrides = {("worker", "concurrency"): args.concurrency,
+                 ("worker", "queues"): args.queues,
+                 ("worker", "loglevel"): args.loglevel}
+    return config_module.load(args.config, overrides, instance=args.instance)
+
+
+def node_name(config, instance):
+    if config.worker.name:
+        return config.worker.name
+    return f"{instance or 'celery'}@{socket.gethostname()}"
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    try:
+        config = load_config(args)
+        from celeryd_pkg.app import make_app
+
+        app = make_app(config)
+    except CelerydError as error:
+        # One line in the journal, then a distinct exit code: never run on defaults.
+        print(error.message, file=sys.stderr)
+        return error.exit_code
+
+    from celeryd_pkg.monitor import Monitor, Readiness
+
+    monitor = Monitor(config, Notifier())
+    app.celeryd_monitor = monitor
+    app.steps["consumer"].add(Readiness)
+    worker = _worker_class(app, monitor, args, argv)(
+        hostname=node_name(config, args.instance),
+        pool_cls="prefork",
+        concurrency=config.worker.concurrency,
+        queues=list(config.worker.queues),
+        loglevel=config.worker.loglevel.upper(),
+        # Mingle waits a second for replies nobody sends; gossip and heartbeat events are
+        # for monitors we don't run: all three only delay READY=1.
+        without_mingle=True,
+        without_gossip=True,
+        without_heartbeat=True,
+    )
+    monitor.start_pinger()
+    worker.start()
+    return worker.exitcode
+
+
+def _worker_class(app, monitor, args, argv):
+    """Return app.Worker extended with STATUS= while connecting and SIGHUP as reload."""
+
+    class Worker(app.Worker):
+        def on_start(self):
+            monitor.waiting()
+            super().on_start()
+
+        def install_platform_tweaks(self, worker):
+            super().install_platform_tweaks(worker)
+            _install_reload_handler(monitor, args, argv)
+
+    return Worker
+
+
+def _install_reload_handler(monitor, args, argv):
+    """SIGHUP: check the new config, then finish tasks in flight and re-execute ourselves.
+    An invalid config is refused and the worker keeps running on the old one."""
+    from celery import platforms
+    from celery.worker import state
+
+    def on_sighup(*_):
+        try:
+            load_config(args)
+        except CelerydError as error:
+            logger.error("Reload refused, still running the previous config: %s",
+                         error.message.replace("\n", "; "))
+            return
+        logger.warning("Reloading: finishing tasks in flight, then restarting with new config")
+        monitor.reloading = True
+        monitor.notifier.reloading()
+        atexit.register(_reexec, argv)
+        state.should_stop = 0
+
+    platforms.signals["SIGHUP"] = on_sighup
+
+
+def _reexec(argv):
+    from celery import platforms
+
+    platforms.close_open_fds([sys.__stdin__, sys.__stdout__, sys.__stderr__])
+    os.execv(sys.executable, [sys.executable, "-m", "celeryd_pkg.worker", *argv])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
