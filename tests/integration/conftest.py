@@ -1,0 +1,172 @@
+"""Fixtures for tests against a real RabbitMQ and real worker processes."""
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.integration.broker import RabbitMQ
+
+REPO = Path(__file__).resolve().parents[2]
+PYTHON = "/usr/bin/python3"
+
+
+@pytest.fixture(scope="session")
+def rabbitmq(tmp_path_factory):
+    """A private RabbitMQ node on loopback for the whole session."""
+    node = RabbitMQ(tmp_path_factory.mktemp("rabbitmq"))
+    try:
+        node.start()
+        yield node
+    finally:
+        node.close()
+
+
+@pytest.fixture(scope="session")
+def account(rabbitmq):
+    """A user with full rights on its own vhost, as `celeryd-admin provision` makes."""
+    creds = {"user": "celeryd-test", "password": secrets.token_urlsafe(24), "vhost": "celeryd-test"}
+    rabbitmq.add_account(creds["user"], creds["password"], creds["vhost"])
+    return creds
+
+
+def write_config(directory, rabbitmq, account, extra=""):
+    """Write celeryd.yaml and credentials into directory; return the celeryd.yaml path."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    main = directory / "celeryd.yaml"
+    main.write_text(
+        f"broker:\n  host: 127.0.0.1\n  port: {rabbitmq.port}\n  vhost: {account['vhost']}\n"
+        f"  user: {account['user']}\n" + extra)
+    credentials = directory / "credentials"
+    credentials.write_text(f"broker:\n  password: {account['password']}\n")
+    credentials.chmod(0o640)
+    return main
+
+
+@pytest.fixture
+def config_file(tmp_path, rabbitmq, account):
+    return write_config(tmp_path / "etc", rabbitmq, account)
+
+
+def clean_env(**extra):
+    """The environment for our commands: Debian's python first, nothing of the caller's
+    CELERYD_* or NOTIFY_SOCKET."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("CELERYD_") and k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
+    env["PATH"] = "/usr/sbin:/usr/bin:/sbin:/bin"
+    env["PYTHONPATH"] = str(REPO)
+    env.update(extra)
+    return env
+
+
+def run_module(module, *args, env=None, timeout=60, input=None, user=None):
+    """Run `python3 -m module args` from the source tree; return the CompletedProcess."""
+    command = [PYTHON, "-m", module, *args]
+    if user:
+        command = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *command]
+    return subprocess.run(command, env=env or clean_env(), capture_output=True, text=True,
+                          timeout=timeout, input=input, cwd="/")
+
+
+def submit(config, *args, **kwargs):
+    return run_module("celeryd_pkg.submit", "--config", str(config), *args, **kwargs)
+
+
+class WorkerProcess:
+    """A real `python3 -m celeryd_pkg.worker`, with a notify socket standing in for systemd."""
+
+    def __init__(self, config, tmp_path, *args, watchdog_usec=None):
+        self.socket_path = str(tmp_path / f"notify-{secrets.token_hex(4)}.sock")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.socket_path)
+        self.messages = []
+        extra = {"NOTIFY_SOCKET": self.socket_path}
+        if watchdog_usec:
+            extra["WATCHDOG_USEC"] = str(watchdog_usec)
+        self.log_path = tmp_path / f"worker-{secrets.token_hex(4)}.log"
+        self.log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(
+            [PYTHON, "-m", "celeryd_pkg.worker", "--config", str(config), *args],
+            env=clean_env(**extra), stdout=self.log, stderr=subprocess.STDOUT, cwd="/")
+
+    def receive(self, timeout):
+        """Collect notify datagrams for up to timeout seconds; return the new ones."""
+        new = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.sock.settimeout(max(deadline - time.monotonic(), 0.01))
+            try:
+                data = self.sock.recv(65536).decode()
+            except (socket.timeout, BlockingIOError):
+                break
+            new.append(data)
+            self.messages.append(data)
+            if "READY=1" in data or "STOPPING=1" in data:
+                break
+        return new
+
+    def wait_for(self, field, timeout=60):
+        """Wait until a datagram containing field arrives; return it."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"worker exited {self.proc.returncode}:\n{self.output()}")
+            for data in self.receive(min(1.0, deadline - time.monotonic())):
+                if field in data:
+                    return data
+        raise AssertionError(f"no {field} from the worker in {timeout}s:\n{self.output()}")
+
+    def output(self):
+        self.log.flush()
+        return self.log_path.read_text()
+
+    def stop(self, sig=signal.SIGTERM, timeout=60):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def close(self):
+        self.stop()
+        self.sock.close()
+        self.log.close()
+
+
+@pytest.fixture
+def start_worker(tmp_path):
+    """Start workers on demand; every one is stopped at the end of the test."""
+    workers = []
+
+    def start(config, *args, ready=True, **kwargs):
+        worker = WorkerProcess(config, tmp_path, *args, **kwargs)
+        workers.append(worker)
+        if ready:
+            worker.wait_for("READY=1")
+        return worker
+
+    yield start
+    for worker in workers:
+        worker.close()
+
+
+@pytest.fixture(scope="module")
+def shared_worker(tmp_path_factory, rabbitmq, account):
+    """One worker for the tests that only submit tasks: (config file, worker)."""
+    tmp = tmp_path_factory.mktemp("shared-worker")
+    config = write_config(tmp / "etc", rabbitmq, account)
+    worker = WorkerProcess(config, tmp)
+    try:
+        worker.wait_for("READY=1")
+        yield config, worker
+    finally:
+        worker.close()
