@@ -1,0 +1,332 @@
+"""Booted Debian containers (systemd-nspawn) for the system tests."""
+
+import atexit
+import fcntl
+import itertools
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+
+__all__ = ['CACHE', 'SUITES', 'HarnessError', 'CommandFailed', 'host_mirror',
+           'pristine_rootfs', 'Container', 'Bridge']
+
+CACHE = '/var/cache/celeryd-test'
+SUITES = ('trixie', 'bookworm')
+MARKER = '.celeryd-test-rootfs'
+INCLUDE = 'systemd,systemd-sysv,dbus'
+TOOLS = ('debootstrap', 'systemd-nspawn', 'nsenter', 'unshare', 'ip', 'pgrep')
+ENV = {'PATH': '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
+       'LANG': 'C.UTF-8', 'HOME': '/root', 'TERM': 'dumb',
+       'DEBIAN_FRONTEND': 'noninteractive'}
+APT = ['apt-get', '-q', '-o', 'DPkg::Lock::Timeout=600']
+POLICY = '#!/bin/sh\n# celeryd-test: no service starts during image preparation\nexit 101\n'
+_names = itertools.count()
+_live = set()
+
+
+class HarnessError(RuntimeError):
+    """A prerequisite or a container operation failed."""
+
+
+class CommandFailed(subprocess.CalledProcessError):
+    """A command exited non-zero; str() shows the tail of its output."""
+
+    def __str__(self):
+        tail = ((self.stdout or '') + (self.stderr or ''))[-3000:]
+        return f'{super().__str__()}\n--- output (tail) ---\n{tail}'
+
+
+def check_prerequisites():
+    """Raise HarnessError naming what is missing to boot containers here."""
+    if os.geteuid() != 0:
+        raise HarnessError('system tests need root (debootstrap, chroot, systemd-nspawn)')
+    missing = [tool for tool in TOOLS if not shutil.which(tool, path=ENV['PATH'])]
+    if missing:
+        raise HarnessError(f'missing {", ".join(missing)}: run `make deps` '
+                           '(installs debootstrap, systemd-container, iproute2)')
+
+
+def host_mirror():
+    """Return the Debian mirror URI the host's apt uses. Raise HarnessError if none."""
+    sources = '/etc/apt/sources.list.d/debian.sources'
+    if os.path.exists(sources):
+        with open(sources) as f:
+            uris = re.findall(r'^URIs:\s*(\S+)', f.read(), re.M)
+    else:
+        with open('/etc/apt/sources.list') as f:
+            uris = re.findall(r'^deb\s+(?:\[[^]]*\]\s+)?(\S+)', f.read(), re.M)
+    uris = [uri for uri in uris if 'security' not in uri]
+    if not uris:
+        raise HarnessError(f'no Debian mirror found in {sources} or /etc/apt/sources.list')
+    return uris[0]
+
+
+def _sh(cmd, **kwargs):
+    """Run a host command with a clean environment; raise CommandFailed on failure."""
+    kwargs.setdefault('timeout', 900)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, **kwargs)
+    if proc.returncode:
+        raise CommandFailed(proc.returncode, cmd, proc.stdout, proc.stderr)
+    return proc
+
+
+def mounts_under(path):
+    """Return the mount points at or below path, deepest first."""
+    path = os.path.realpath(path)
+    with open('/proc/mounts') as f:
+        points = [line.split()[1].replace('\\040', ' ') for line in f]
+    return sorted((p for p in points if p == path or p.startswith(path + '/')), reverse=True)
+
+
+def remove_tree(path):
+    """Unmount anything below path, then delete it without crossing file systems."""
+    for point in mounts_under(path):
+        subprocess.run(['umount', '-l', point], env=ENV, check=False)
+    if os.path.lexists(path):
+        _sh(['rm', '-rf', '--one-file-system', path])
+
+
+def pristine_rootfs(suite, cache=CACHE):
+    """Given a suite, return the path of its cached debootstrapped rootfs, building it if needed.
+
+    A directory without our marker (an interrupted or hand-made debootstrap) is rebuilt.
+    """
+    check_prerequisites()
+    path = os.path.join(cache, suite)
+    marker = os.path.join(path, MARKER)
+    os.makedirs(cache, exist_ok=True)
+    with open(os.path.join(cache, f'.{suite}.lock'), 'w') as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if os.path.exists(marker) and open(marker).read().split()[:1] == [suite]:
+            return path
+        for stale in os.listdir(cache):
+            if stale.startswith((f'.{suite}.build-', f'.{suite}.old-')):
+                remove_tree(os.path.join(cache, stale))
+        build = tempfile.mkdtemp(prefix=f'.{suite}.build-', dir=cache)
+        try:
+            os.chmod(build, 0o755)  # it becomes the container's /
+            _sh(['debootstrap', '--variant=minbase', f'--include={INCLUDE}',
+                 suite, build, host_mirror()], timeout=1800)
+            with open(os.path.join(build, MARKER), 'w') as f:
+                f.write(f'{suite} {INCLUDE} {time.strftime("%Y-%m-%dT%H:%M:%S")}\n')
+            if os.path.lexists(path):
+                old = tempfile.mkdtemp(prefix=f'.{suite}.old-', dir=cache)
+                os.rename(path, os.path.join(old, suite))
+                os.rename(build, path)
+                remove_tree(old)
+            else:
+                os.rename(build, path)
+        finally:
+            remove_tree(build)
+        return path
+
+
+class Container:
+    """A throw-away copy of a pristine rootfs, prepared in a chroot, booted with nspawn."""
+
+    def __init__(self, suite, network_bridge=None, address=None, cache=CACHE):
+        self.suite, self.bridge, self.address, self.cache = suite, network_bridge, address, cache
+        self.name = f'celeryd-{suite}-{os.getpid()}-{next(_names)}'
+        self.timings, self.state, self.pid, self._proc = {}, None, None, None
+        pristine = pristine_rootfs(suite, cache)
+        self.dir = tempfile.mkdtemp(prefix=f'{self.name}.', dir='/var/tmp')
+        _live.add(self)
+        self.root = os.path.join(self.dir, 'root')
+        self.log_path = os.path.join(self.dir, 'nspawn.log')
+        self.deb_dir = '/root/debs'
+        started = time.monotonic()
+        try:
+            _sh(['cp', '-a', '--reflink=auto', pristine, self.root])
+        except BaseException:
+            self.stop()
+            raise
+        self.timings['copy'] = time.monotonic() - started
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def chroot(self, cmd, timeout=900):
+        """Run cmd in a chroot of the copy (host network), /proc in a private mount namespace."""
+        script = 'mount -t proc proc "$0/proc" && exec chroot "$0" "$@"'
+        return _sh(['unshare', '--mount', '--propagation', 'private', '--',
+                    'sh', '-c', script, self.root, *cmd], timeout=timeout)
+
+    def prepare(self, debs=(), extra_packages=(), preinstall=()):
+        """Copy debs in and fetch everything an offline `apt-get install ./*.deb EXTRA` needs."""
+        if self._proc:
+            raise HarnessError('prepare() runs before boot()')
+        started = time.monotonic()
+        os.makedirs(self.root + self.deb_dir, exist_ok=True)
+        for deb in debs:
+            shutil.copy2(deb, self.root + self.deb_dir)
+        local = [f'{self.deb_dir}/{os.path.basename(deb)}' for deb in debs]
+        policy = self.root + '/usr/sbin/policy-rc.d'
+        with open(policy, 'w') as f:
+            f.write(POLICY)
+        os.chmod(policy, 0o755)
+        try:
+            self._apt_cache('in')
+            self.chroot(APT + ['update'])
+            if local or extra_packages:
+                self.chroot(APT + ['install', '-y', '--download-only', *local, *extra_packages])
+            if preinstall:
+                self.chroot(APT + ['install', '-y', *preinstall])
+            self._apt_cache('out')
+        finally:
+            os.unlink(policy)
+        self.timings['prepare'] = time.monotonic() - started
+
+    def _apt_cache(self, direction):
+        """Share downloaded .debs across runs through CACHE/<suite>-apt (hard links)."""
+        shared = os.path.join(self.cache, f'{self.suite}-apt')
+        archives = self.root + '/var/cache/apt/archives'
+        os.makedirs(shared, exist_ok=True)
+        src, dst = (shared, archives) if direction == 'in' else (archives, shared)
+        for name in os.listdir(src):
+            target = os.path.join(dst, name)
+            if not name.endswith('.deb') or os.path.exists(target):
+                continue
+            part = os.path.join(dst, f'.{name}.{os.getpid()}.part')
+            shutil.copy2(os.path.join(src, name), part)
+            os.replace(part, target)
+
+    def boot(self, timeout=180):
+        """Boot the copy with systemd-nspawn; return 'running' or 'degraded'."""
+        started = time.monotonic()
+        net = [f'--network-bridge={self.bridge}'] if self.bridge else ['--private-network']
+        cmd = ['systemd-nspawn', '-D', self.root, '-M', self.name, '--register=no',
+               '--keep-unit', *net, '--boot', '--console=pipe']
+        with open(self.log_path, 'wb') as log:
+            self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log,
+                                          stderr=subprocess.STDOUT, env=ENV,
+                                          start_new_session=True)
+        self.pid = self._find_init(started + 60)
+        if self.bridge and self.address:
+            for args in (['addr', 'add', self.address, 'dev', 'host0'],
+                         ['link', 'set', 'host0', 'up']):
+                _sh(['nsenter', '-t', str(self.pid), '-n', 'ip', *args])
+        while True:  # systemctl fails until PID 1 has its private socket
+            left = started + timeout - time.monotonic()
+            proc = self.run(['systemctl', 'is-system-running', '--wait'], check=False,
+                            timeout=max(left, 1))
+            self.state = proc.stdout.strip()
+            if self.state or left < 0:
+                break
+            time.sleep(0.2)
+        if self.state not in ('running', 'degraded'):
+            failed = self.run(['systemctl', '--failed', '--no-pager'], check=False)
+            raise HarnessError(f'{self.name} booted to {self.state!r} {proc.stderr}\n'
+                               + failed.stdout + failed.stderr)
+        self.timings['boot'] = time.monotonic() - started
+        return self.state
+
+    def _find_init(self, deadline):
+        """Poll nspawn's children until one is systemd: the container's PID 1 seen from here."""
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise HarnessError(f'systemd-nspawn exited {self._proc.returncode}:\n'
+                                   + self.console()[-3000:])
+            children = subprocess.run(['pgrep', '-P', str(self._proc.pid)], env=ENV,
+                                      capture_output=True, text=True).stdout.split()
+            for pid in children:
+                try:
+                    with open(f'/proc/{pid}/comm') as f:
+                        if f.read().strip() == 'systemd':
+                            return int(pid)
+                except OSError:
+                    pass
+            time.sleep(0.1)
+        raise HarnessError(f'no systemd under nspawn {self._proc.pid}:\n' + self.console())
+
+    def console(self):
+        """Return what nspawn and the container's console printed so far."""
+        try:
+            with open(self.log_path, errors='replace') as f:
+                return f.read()
+        except OSError:
+            return ''
+
+    def run(self, cmd, check=True, timeout=120, user=None, input=None):
+        """Run cmd (list, or str for sh -c) inside the booted container; return CompletedProcess."""
+        if not self.pid:
+            raise HarnessError(f'{self.name} is not booted')
+        cmd = ['sh', '-c', cmd] if isinstance(cmd, str) else list(cmd)
+        if user:
+            cmd = ['runuser', '-u', user, '--', *cmd]
+        full = ['nsenter', '-t', str(self.pid), '-a', '--', *cmd]
+        proc = subprocess.run(full, capture_output=True, text=True, env=ENV,
+                              timeout=timeout, input=input, cwd='/')
+        if check and proc.returncode:
+            raise CommandFailed(proc.returncode, cmd, proc.stdout, proc.stderr)
+        return subprocess.CompletedProcess(cmd, proc.returncode, proc.stdout, proc.stderr)
+
+    def journal(self, unit=None, lines=None):
+        """Return this boot's journal (of one unit if given), possibly only its last lines."""
+        cmd = ['journalctl', '-b', '--no-pager']
+        cmd += ['-u', unit] if unit else []
+        cmd += ['-n', str(lines)] if lines else []
+        proc = self.run(cmd, check=False, timeout=60)
+        return proc.stdout + proc.stderr
+
+    def stop(self, timeout=60):
+        """Shut down cleanly (SIGRTMIN+4), kill if needed, unmount and remove the copy."""
+        try:
+            if self._proc and self._proc.poll() is None:
+                try:
+                    if self.pid:
+                        os.kill(self.pid, signal.SIGRTMIN + 4)
+                    else:
+                        self._proc.terminate()
+                    self._proc.wait(timeout)
+                except (subprocess.TimeoutExpired, ProcessLookupError, KeyboardInterrupt):
+                    self._kill()
+            self._kill()
+        finally:
+            remove_tree(self.dir)
+            _live.discard(self)
+            self.pid = None
+
+    def _kill(self):
+        """SIGKILL the container's PID 1 (its whole PID namespace) and nspawn, then reap."""
+        for pid in (self.pid, self._proc and self._proc.pid):
+            if pid:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        if self._proc:
+            self._proc.wait(30)
+
+
+class Bridge:
+    """A host bridge of our own for containers booted with network_bridge=NAME."""
+
+    def __init__(self, name=None, subnet='10.231.0'):
+        self.name = name or f'cdt{os.getpid() % 100000}b{next(_names)}'
+        self.subnet = subnet
+
+    def address(self, host):
+        """Return the CIDR address for container number host on this bridge."""
+        return f'{self.subnet}.{host}/24'
+
+    def __enter__(self):
+        _sh(['ip', 'link', 'add', self.name, 'type', 'bridge'])
+        _sh(['ip', 'link', 'set', self.name, 'up'])
+        return self
+
+    def __exit__(self, *exc):
+        subprocess.run(['ip', 'link', 'del', self.name], env=ENV, check=False,
+                       capture_output=True)
+
+
+@atexit.register
+def _stop_all():
+    for container in list(_live):
+        container.stop(timeout=20)
