@@ -207,7 +207,10 @@ def main(argv=None):
         print(error.message, file=sys.stderr)
         return error.exit_code
     except CelerydError as error:
-        print(error.message, file=sys.stderr)
+        message = error.message
+        if not message.startswith(("celery-submit:", "celeryd:")):
+            message = "celery-submit: " + message
+        print(message, file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
         return 130

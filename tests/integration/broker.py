@@ -97,7 +97,7 @@ class RabbitMQ:
             self.epmd.wait(timeout=10)
             self.epmd = None
         # Erlang helpers (inet_gethost, erl_child_setup) die with the node; make sure.
-        subprocess.run(["pkill", "-f", f"-sname {self.node}|{self.node}"], check=False)
+        subprocess.run(["pkill", "-f", "--", f"-sname {self.node}"], check=False)
 
     def add_account(self, user, password, vhost):
         """Create a vhost and a user with full rights on it only (password on stdin)."""

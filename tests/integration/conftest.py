@@ -1,6 +1,7 @@
 """Fixtures for tests against a real RabbitMQ and real worker processes."""
 
 import os
+import pwd
 import secrets
 import signal
 import socket
@@ -69,7 +70,8 @@ def run_module(module, *args, env=None, timeout=60, input=None, user=None):
     """Run `python3 -m module args` from the source tree; return the CompletedProcess."""
     command = [PYTHON, "-m", module, *args]
     if user:
-        command = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *command]
+        gid = pwd.getpwnam(user).pw_gid
+        command = ["setpriv", f"--reuid={user}", f"--regid={gid}", "--clear-groups", *command]
     return subprocess.run(command, env=env or clean_env(), capture_output=True, text=True,
                           timeout=timeout, input=input, cwd="/")
 

@@ -1,0 +1,71 @@
+"""When the worker deserves a watchdog ping, and what it tells systemd."""
+
+from types import SimpleNamespace
+
+from celeryd_pkg.monitor import Monitor
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+class Recorder:
+    watchdog_seconds = 10
+
+    def __init__(self):
+        self.sent = []
+
+    def __getattr__(self, name):
+        return lambda *args: self.sent.append((name, *args))
+
+
+def monitor(grace=60):
+    config = SimpleNamespace(
+        worker=SimpleNamespace(queues=["celery"], concurrency=2, broker_lost_grace=grace),
+        broker_url=lambda: "amqp://u:***@h:5672/v")
+    clock = FakeClock()
+    return Monitor(config, Recorder(), clock=clock), clock
+
+
+def test_a_ticking_loop_is_healthy_and_a_stalled_one_is_not():
+    m, clock = monitor()
+    m.consuming()
+    clock.now += 4
+    m.tick()
+    assert m.healthy()
+    clock.now += 6  # more than half of WatchdogSec without a tick: the loop hangs
+    assert not m.healthy()
+
+
+def test_reconnecting_is_healthy_for_the_grace_period_only():
+    m, clock = monitor(grace=60)
+    m.consuming()
+    m.connection_lost()
+    clock.now += 59
+    assert m.healthy()
+    clock.now += 2
+    assert not m.healthy()
+
+
+def test_ready_is_sent_once_then_reconnects_only_update_status():
+    m, _ = monitor()
+    m.consuming()
+    m.connection_lost()
+    m.consuming()
+    kinds = [sent[0] for sent in m.notifier.sent]
+    assert kinds == ["ready", "status", "status"]
+
+
+def test_a_reload_is_not_reported_as_stopping():
+    m, _ = monitor()
+    m.reloading = True
+    m.stopping()
+    m.connection_lost()
+    assert m.notifier.sent == []
+    m.reloading = False
+    m.stopping()
+    assert m.notifier.sent == [("stopping",)]
