@@ -1,6 +1,7 @@
 """Booted Debian containers (systemd-nspawn) for the system tests."""
 
 import atexit
+import contextlib
 import fcntl
 import itertools
 import os
@@ -19,9 +20,8 @@ SUITES = ('trixie', 'bookworm')
 MARKER = '.celeryd-test-rootfs'
 INCLUDE = 'systemd,systemd-sysv,dbus'
 TOOLS = ('debootstrap', 'systemd-nspawn', 'nsenter', 'unshare', 'ip', 'pgrep')
-ENV = {'PATH': '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
-       'LANG': 'C.UTF-8', 'HOME': '/root', 'TERM': 'dumb',
-       'DEBIAN_FRONTEND': 'noninteractive'}
+ENV = {'PATH': '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', 'LANG': 'C.UTF-8',
+       'HOME': '/root', 'TERM': 'dumb', 'DEBIAN_FRONTEND': 'noninteractive'}
 APT = ['apt-get', '-q', '-o', 'DPkg::Lock::Timeout=600']
 POLICY = '#!/bin/sh\n# celeryd-test: no service starts during image preparation\nexit 101\n'
 _names = itertools.count()
@@ -42,27 +42,28 @@ class CommandFailed(subprocess.CalledProcessError):
 
 def check_prerequisites():
     """Raise HarnessError naming what is missing to boot containers here."""
-    if os.geteuid() != 0:
-        raise HarnessError('system tests need root (debootstrap, chroot, systemd-nspawn)')
     missing = [tool for tool in TOOLS if not shutil.which(tool, path=ENV['PATH'])]
-    if missing:
-        raise HarnessError(f'missing {", ".join(missing)}: run `make deps` '
-                           '(installs debootstrap, systemd-container, iproute2)')
+    if os.geteuid() != 0 or missing:
+        raise HarnessError(f'system tests need root (uid now {os.geteuid()}) and {TOOLS}, missing'
+                           f' {missing}: run `make deps` as root (debootstrap, systemd-container)')
 
 
 def host_mirror():
     """Return the Debian mirror URI the host's apt uses. Raise HarnessError if none."""
-    sources = '/etc/apt/sources.list.d/debian.sources'
-    if os.path.exists(sources):
-        with open(sources) as f:
-            uris = re.findall(r'^URIs:\s*(\S+)', f.read(), re.M)
-    else:
-        with open('/etc/apt/sources.list') as f:
-            uris = re.findall(r'^deb\s+(?:\[[^]]*\]\s+)?(\S+)', f.read(), re.M)
-    uris = [uri for uri in uris if 'security' not in uri]
+    uris = []
+    for path, pattern in (('/etc/apt/sources.list.d/debian.sources', r'^URIs:\s*(\S+)'),
+                          ('/etc/apt/sources.list', r'^deb\s+(?:\[[^]]*\]\s+)?(\S+)')):
+        with contextlib.suppress(OSError), open(path) as f:
+            uris += [uri for uri in re.findall(pattern, f.read(), re.M) if 'security' not in uri]
     if not uris:
-        raise HarnessError(f'no Debian mirror found in {sources} or /etc/apt/sources.list')
+        raise HarnessError('no Debian mirror in the host\'s apt sources')
     return uris[0]
+
+
+def _kill(pid, signo):
+    """Send signo to pid unless it is None or gone."""
+    with contextlib.suppress(ProcessLookupError, TypeError):
+        os.kill(pid, signo)
 
 
 def _sh(cmd, **kwargs):
@@ -91,54 +92,49 @@ def remove_tree(path):
 
 
 def pristine_rootfs(suite, cache=CACHE):
-    """Given a suite, return the path of its cached debootstrapped rootfs, building it if needed.
-
-    A directory without our marker (an interrupted or hand-made debootstrap) is rebuilt.
-    """
+    """Return CACHE/<suite>, debootstrapping it unless it carries our marker (a hand-made or
+    interrupted one is rebuilt beside it and swapped in)."""
     check_prerequisites()
-    path = os.path.join(cache, suite)
-    marker = os.path.join(path, MARKER)
+    path, marker = os.path.join(cache, suite), os.path.join(cache, suite, MARKER)
     os.makedirs(cache, exist_ok=True)
     with open(os.path.join(cache, f'.{suite}.lock'), 'w') as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if os.path.exists(marker) and open(marker).read().split()[:1] == [suite]:
-            return path
+        with contextlib.suppress(OSError), open(marker) as f:
+            if f.read().split()[:1] == [suite]:
+                return path
         for stale in os.listdir(cache):
             if stale.startswith((f'.{suite}.build-', f'.{suite}.old-')):
                 remove_tree(os.path.join(cache, stale))
         build = tempfile.mkdtemp(prefix=f'.{suite}.build-', dir=cache)
+        old = tempfile.mkdtemp(prefix=f'.{suite}.old-', dir=cache)
         try:
             os.chmod(build, 0o755)  # it becomes the container's /
             _sh(['debootstrap', '--variant=minbase', f'--include={INCLUDE}',
                  suite, build, host_mirror()], timeout=1800)
             with open(os.path.join(build, MARKER), 'w') as f:
                 f.write(f'{suite} {INCLUDE} {time.strftime("%Y-%m-%dT%H:%M:%S")}\n')
-            if os.path.lexists(path):
-                old = tempfile.mkdtemp(prefix=f'.{suite}.old-', dir=cache)
+            if os.path.lexists(path):  # unmarked (hand-made or foreign): swap it out
                 os.rename(path, os.path.join(old, suite))
-                os.rename(build, path)
-                remove_tree(old)
-            else:
-                os.rename(build, path)
+            os.rename(build, path)
         finally:
             remove_tree(build)
+            remove_tree(old)
         return path
 
 
 class Container:
     """A throw-away copy of a pristine rootfs, prepared in a chroot, booted with nspawn."""
 
+    deb_dir = '/root/debs'  # where prepare() puts the debs inside
+
     def __init__(self, suite, network_bridge=None, address=None, cache=CACHE):
         self.suite, self.bridge, self.address, self.cache = suite, network_bridge, address, cache
         self.name = f'celeryd-{suite}-{os.getpid()}-{next(_names)}'
         self.timings, self.state, self.pid, self._proc = {}, None, None, None
-        pristine = pristine_rootfs(suite, cache)
+        pristine, started = pristine_rootfs(suite, cache), time.monotonic()
         self.dir = tempfile.mkdtemp(prefix=f'{self.name}.', dir='/var/tmp')
         _live.add(self)
-        self.root = os.path.join(self.dir, 'root')
-        self.log_path = os.path.join(self.dir, 'nspawn.log')
-        self.deb_dir = '/root/debs'
-        started = time.monotonic()
+        self.root, self.log_path = f'{self.dir}/root', f'{self.dir}/nspawn.log'
         try:
             _sh(['cp', '-a', '--reflink=auto', pristine, self.root])
         except BaseException:
@@ -164,13 +160,10 @@ class Container:
             raise HarnessError('prepare() runs before boot()')
         started = time.monotonic()
         os.makedirs(self.root + self.deb_dir, exist_ok=True)
-        for deb in debs:
-            shutil.copy2(deb, self.root + self.deb_dir)
-        local = [f'{self.deb_dir}/{os.path.basename(deb)}' for deb in debs]
+        local = [shutil.copy2(deb, self.root + self.deb_dir)[len(self.root):] for deb in debs]
         policy = self.root + '/usr/sbin/policy-rc.d'
-        with open(policy, 'w') as f:
+        with open(os.open(policy, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o755), 'w') as f:
             f.write(POLICY)
-        os.chmod(policy, 0o755)
         try:
             self._apt_cache('in')
             self.chroot(APT + ['update'])
@@ -184,18 +177,14 @@ class Container:
         self.timings['prepare'] = time.monotonic() - started
 
     def _apt_cache(self, direction):
-        """Share downloaded .debs across runs through CACHE/<suite>-apt (hard links)."""
-        shared = os.path.join(self.cache, f'{self.suite}-apt')
-        archives = self.root + '/var/cache/apt/archives'
+        """Share downloaded .debs across runs via CACHE/<suite>-apt (apt re-fetches a bad one)."""
+        shared, archives = f'{self.cache}/{self.suite}-apt', self.root + '/var/cache/apt/archives'
         os.makedirs(shared, exist_ok=True)
         src, dst = (shared, archives) if direction == 'in' else (archives, shared)
-        for name in os.listdir(src):
-            target = os.path.join(dst, name)
-            if not name.endswith('.deb') or os.path.exists(target):
-                continue
-            part = os.path.join(dst, f'.{name}.{os.getpid()}.part')
-            shutil.copy2(os.path.join(src, name), part)
-            os.replace(part, target)
+        new = [f'{src}/{name}' for name in os.listdir(src)
+               if name.endswith('.deb') and not os.path.exists(f'{dst}/{name}')]
+        if new:
+            _sh(['cp', '-p', '--reflink=auto', *new, dst])
 
     def boot(self, timeout=180):
         """Boot the copy with systemd-nspawn; return 'running' or 'degraded'."""
@@ -204,22 +193,19 @@ class Container:
         cmd = ['systemd-nspawn', '-D', self.root, '-M', self.name, '--register=no',
                '--keep-unit', *net, '--boot', '--console=pipe']
         with open(self.log_path, 'wb') as log:
-            self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log,
-                                          stderr=subprocess.STDOUT, env=ENV,
-                                          start_new_session=True)
+            self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                          env=ENV, start_new_session=True)
         self.pid = self._find_init(started + 60)
         if self.bridge and self.address:
             for args in (['addr', 'add', self.address, 'dev', 'host0'],
                          ['link', 'set', 'host0', 'up']):
                 _sh(['nsenter', '-t', str(self.pid), '-n', 'ip', *args])
-        while True:  # systemctl fails until PID 1 has its private socket
+        wait = ['systemctl', 'is-system-running', '--wait']
+        while not self.state:  # systemctl fails until PID 1 has its private socket
             left = started + timeout - time.monotonic()
-            proc = self.run(['systemctl', 'is-system-running', '--wait'], check=False,
-                            timeout=max(left, 1))
-            self.state = proc.stdout.strip()
-            if self.state or left < 0:
-                break
-            time.sleep(0.2)
+            proc = self.run(wait, check=False, timeout=max(left, 1))
+            self.state = proc.stdout.strip() or (None if left > 0 else 'timeout')
+            time.sleep(0 if self.state else 0.2)
         if self.state not in ('running', 'degraded'):
             failed = self.run(['systemctl', '--failed', '--no-pager'], check=False)
             raise HarnessError(f'{self.name} booted to {self.state!r} {proc.stderr}\n'
@@ -236,22 +222,17 @@ class Container:
             children = subprocess.run(['pgrep', '-P', str(self._proc.pid)], env=ENV,
                                       capture_output=True, text=True).stdout.split()
             for pid in children:
-                try:
-                    with open(f'/proc/{pid}/comm') as f:
-                        if f.read().strip() == 'systemd':
-                            return int(pid)
-                except OSError:
-                    pass
+                with contextlib.suppress(OSError), open(f'/proc/{pid}/comm') as f:
+                    if f.read().strip() == 'systemd':
+                        return int(pid)
             time.sleep(0.1)
         raise HarnessError(f'no systemd under nspawn {self._proc.pid}:\n' + self.console())
 
     def console(self):
         """Return what nspawn and the container's console printed so far."""
-        try:
-            with open(self.log_path, errors='replace') as f:
-                return f.read()
-        except OSError:
-            return ''
+        with contextlib.suppress(OSError), open(self.log_path, errors='replace') as f:
+            return f.read()
+        return ''
 
     def run(self, cmd, check=True, timeout=120, user=None, input=None):
         """Run cmd (list, or str for sh -c) inside the booted container; return CompletedProcess."""
@@ -265,55 +246,42 @@ class Container:
                               timeout=timeout, input=input, cwd='/')
         if check and proc.returncode:
             raise CommandFailed(proc.returncode, cmd, proc.stdout, proc.stderr)
-        return subprocess.CompletedProcess(cmd, proc.returncode, proc.stdout, proc.stderr)
+        return proc
 
     def journal(self, unit=None, lines=None):
         """Return this boot's journal (of one unit if given), possibly only its last lines."""
-        cmd = ['journalctl', '-b', '--no-pager']
-        cmd += ['-u', unit] if unit else []
-        cmd += ['-n', str(lines)] if lines else []
-        proc = self.run(cmd, check=False, timeout=60)
+        cmd = ['journalctl', '-b', '--no-pager'] + (['-u', unit] if unit else [])
+        proc = self.run(cmd + (['-n', str(lines)] if lines else []), check=False, timeout=60)
         return proc.stdout + proc.stderr
 
     def stop(self, timeout=60):
-        """Shut down cleanly (SIGRTMIN+4), kill if needed, unmount and remove the copy."""
+        """Shut down cleanly (SIGRTMIN+4 to PID 1), SIGKILL after timeout, remove the copy."""
         try:
             if self._proc and self._proc.poll() is None:
-                try:
-                    if self.pid:
-                        os.kill(self.pid, signal.SIGRTMIN + 4)
-                    else:
-                        self._proc.terminate()
-                    self._proc.wait(timeout)
-                except (subprocess.TimeoutExpired, ProcessLookupError, KeyboardInterrupt):
-                    self._kill()
-            self._kill()
-        finally:
-            remove_tree(self.dir)
-            _live.discard(self)
-            self.pid = None
-
-    def _kill(self):
-        """SIGKILL the container's PID 1 (its whole PID namespace) and nspawn, then reap."""
-        for pid in (self.pid, self._proc and self._proc.pid):
-            if pid:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-        if self._proc:
-            self._proc.wait(30)
+                _kill(self.pid, signal.SIGRTMIN + 4) if self.pid else self._proc.terminate()
+                self._proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+        finally:  # also on KeyboardInterrupt, which then propagates
+            try:
+                if self._proc and self._proc.poll() is None:
+                    _kill(self.pid, signal.SIGKILL)  # PID 1 takes its PID namespace along
+                    _kill(self._proc.pid, signal.SIGKILL)
+                    self._proc.wait(30)
+            finally:
+                remove_tree(self.dir)
+                _live.discard(self)
+                self.pid = None
 
 
 class Bridge:
     """A host bridge of our own for containers booted with network_bridge=NAME."""
 
     def __init__(self, name=None, subnet='10.231.0'):
-        self.name = name or f'cdt{os.getpid() % 100000}b{next(_names)}'
-        self.subnet = subnet
+        self.name, self.subnet = name or f'cdt{os.getpid() % 100000}b{next(_names)}', subnet
 
     def address(self, host):
-        """Return the CIDR address for container number host on this bridge."""
+        """Return the CIDR address of container number host on this bridge."""
         return f'{self.subnet}.{host}/24'
 
     def __enter__(self):
@@ -322,11 +290,11 @@ class Bridge:
         return self
 
     def __exit__(self, *exc):
-        subprocess.run(['ip', 'link', 'del', self.name], env=ENV, check=False,
-                       capture_output=True)
+        subprocess.run(['ip', 'link', 'del', self.name], env=ENV, capture_output=True)
 
 
 @atexit.register
 def _stop_all():
+    """Last resort when a caller forgot the with statement: stop what is still booted."""
     for container in list(_live):
         container.stop(timeout=20)
