@@ -46,6 +46,10 @@ system: deps
 demo: deps deb
 	$(PYTHON) -m tests.system.demo
 
+# Speed against stock Celery measured in the same run; the table lands in build/bench.md.
+bench: deps
+	$(PYTHON) tests/bench/bench.py
+
 clean:
 	rm -rf build dist deb_dist .pytest_cache *.egg-info
 

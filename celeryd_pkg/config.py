@@ -1,6 +1,5 @@
 """One strict configuration loader for the worker, the client and the admin command."""
 
-import dataclasses
 import grp
 import os
 from pathlib import Path
@@ -18,25 +17,39 @@ LOADER_ENV = {"CELERYD_CONFIG", "CELERYD_ROOT"}
 TYPE_NAMES = {int: "an integer", str: "a string", list: "a list of strings"}
 
 
-def _section_class(section):
-    fields = [(name, object) for name in SCHEMA[section]]
-    return dataclasses.make_dataclass(section.capitalize() + "Config", fields, frozen=True)
+class Section:
+    """A read-only view of one validated config section: `config.worker.concurrency`."""
+
+    __slots__ = ("_name", "_values")
+
+    def __init__(self, name, values):
+        object.__setattr__(self, "_name", name)
+        object.__setattr__(self, "_values", dict(values))
+
+    def __getattr__(self, key):
+        try:
+            return self._values[key]
+        except KeyError:
+            raise AttributeError(f"no key '{self._name}.{key}'") from None
+
+    def __setattr__(self, key, value):
+        raise AttributeError("the configuration is read-only")
+
+    def __repr__(self):
+        shown = {k: ("***" if k == "password" and v else v) for k, v in self._values.items()}
+        return f"Section({self._name!r}, {shown!r})"
 
 
-_SECTIONS = {section: _section_class(section) for section in SCHEMA}
-
-
-@dataclasses.dataclass(frozen=True)
 class Config:
-    """The merged, validated configuration, one attribute per section."""
+    """The merged, validated configuration, one Section attribute per schema section, and
+    sources: every file that contributed, in the order applied."""
 
-    broker: object
-    worker: object
-    tasks: object
-    results: object
-    client: object
-    # Every file that contributed, in the order applied.
-    sources: tuple = ()
+    def __init__(self, sections, sources=()):
+        self.__dict__.update(sections)
+        self.__dict__["sources"] = tuple(sources)
+
+    def __setattr__(self, key, value):
+        raise AttributeError("the configuration is read-only")
 
     def broker_url(self, masked=True):
         """Return the broker's AMQP URL; the password is '***' unless masked is False."""
@@ -95,8 +108,7 @@ def load(config_file=None, overrides=None, env=os.environ, instance=None):
     if problems:
         raise ConfigError("\n".join(problems))
 
-    sections = {s: _SECTIONS[s](**values[s]) for s in SCHEMA}
-    return Config(sources=tuple(sources), **sections)
+    return Config({s: Section(s, values[s]) for s in SCHEMA}, sources)
 
 
 def _env_key(name):

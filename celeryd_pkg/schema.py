@@ -1,21 +1,13 @@
 """The configuration schema: every key, its type, default and meaning."""
 
-from dataclasses import dataclass
+from collections import namedtuple
 
 __all__ = ["Key", "SCHEMA", "CREDENTIAL_KEYS", "defaults"]
 
-
-@dataclass(frozen=True)
-class Key:
-    """One configuration key: its Python type, default and a one-line description."""
-
-    type: type
-    default: object
-    description: str
-    # None is a valid value (the key is optional).
-    optional: bool = False
-    # Only for int: the smallest allowed value.
-    minimum: int = None
+# One configuration key: its Python type, default and a one-line description; optional
+# says None is a valid value; minimum bounds an int. (A namedtuple, not a dataclass:
+# celery-submit's start-up time pays for every import.)
+Key = namedtuple("Key", "type default description optional minimum", defaults=(False, None))
 
 
 SCHEMA = {
