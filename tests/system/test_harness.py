@@ -2,6 +2,7 @@
 
 import os
 import subprocess
+import time
 
 import pytest
 
@@ -65,3 +66,66 @@ def test_pristine_rootfs_carries_the_marker_of_its_suite(prerequisites, suite):
 
     with open(os.path.join(path, module.MARKER)) as marker:
         assert marker.read().split()[0] == suite
+
+
+def fake_debootstrap(monkeypatch, fail=False):
+    """Replace only debootstrap (60 s) in module._sh; return the list of its calls."""
+    calls, real = [], module._sh
+
+    def sh(cmd, **kwargs):
+        if cmd[0] != 'debootstrap':
+            return real(cmd, **kwargs)
+        calls.append(cmd)
+        os.mkdir(os.path.join(cmd[-2], 'etc'))
+        if fail:
+            raise module.CommandFailed(1, cmd, '', 'interrupted')
+
+    monkeypatch.setattr(module, '_sh', sh)
+    return calls
+
+
+def test_pristine_rootfs_rebuilds_an_unmarked_hand_made_rootfs_and_then_reuses_it(
+        prerequisites, tmp_path, monkeypatch):
+    os.makedirs(tmp_path / 'trixie' / 'hand-made')
+    calls = fake_debootstrap(monkeypatch)
+
+    path = module.pristine_rootfs('trixie', cache=str(tmp_path))
+    module.pristine_rootfs('trixie', cache=str(tmp_path))
+
+    assert len(calls) == 1 and calls[0][-1] == module.host_mirror()
+    assert sorted(os.listdir(path)) == [module.MARKER, 'etc']
+    assert sorted(os.listdir(tmp_path)) == ['.trixie.lock', 'trixie']
+
+
+def test_pristine_rootfs_interrupted_build_leaves_no_cache(prerequisites, tmp_path, monkeypatch):
+    fake_debootstrap(monkeypatch, fail=True)
+
+    with pytest.raises(module.CommandFailed):
+        module.pristine_rootfs('bookworm', cache=str(tmp_path))
+
+    assert os.listdir(tmp_path) == ['.bookworm.lock']
+
+
+def test_containers_on_a_bridge_of_our_own_reach_each_other_and_leave_no_link(prerequisites):
+    serve = ('import socket; c, _ = socket.create_server(("10.231.0.12", 7777)).accept(); '
+             'c.send(b"hi")')
+    fetch = 'import socket; print(socket.create_connection(("10.231.0.12", 7777), 5).recv(9))'
+    with module.Bridge() as bridge:
+        with module.Container('trixie', bridge.name, bridge.address(11)) as a, \
+                module.Container('bookworm', bridge.name, bridge.address(12)) as b:
+            a.boot()
+            b.boot()
+            # the host's python3 in each container's network namespace (minbase has no tools)
+            server = subprocess.Popen(['nsenter', '-t', str(b.pid), '-n', '/usr/bin/python3',
+                                       '-c', serve])
+            try:
+                time.sleep(0.5)
+                client = subprocess.run(['nsenter', '-t', str(a.pid), '-n', '/usr/bin/python3',
+                                         '-c', fetch], capture_output=True, text=True, timeout=30)
+            finally:
+                server.kill()
+                server.wait()
+
+    assert client.stdout.strip() == "b'hi'", client.stderr
+    links = subprocess.run(['ip', '-o', 'link'], capture_output=True, text=True).stdout
+    assert bridge.name not in links
