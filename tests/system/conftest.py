@@ -79,7 +79,7 @@ def bare(prerequisites, suite, request):
 @pytest.fixture
 def booted(prerequisites, suite, debs, request):
     """A booted container of the suite with the debs in /root/debs and, predownloaded,
-    everything `apt-get install --no-download ./*.deb rabbitmq-server` needs there."""
+    everything an offline `apt-get install ./*.deb rabbitmq-server` needs there."""
     with harness.Container(suite) as container:
         container.prepare(debs, ['rabbitmq-server'])
         container.boot()
