@@ -14,7 +14,8 @@ import pytest
 from tests.integration.broker import RabbitMQ
 
 REPO = Path(__file__).resolve().parents[2]
-PYTHON = "/usr/bin/python3"
+# Debian's python3 by default; another interpreter (say a venv with a newer Celery) on request.
+PYTHON = os.environ.get("CELERYD_TEST_PYTHON", "/usr/bin/python3")
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from tests.integration.broker import RabbitMQ
-from tests.integration.conftest import clean_env, run_module, submit, write_config
+from tests.integration.conftest import PYTHON, clean_env, run_module, submit, write_config
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,7 @@ def test_watchdog_pings_only_when_systemd_asks_for_them(config_file, start_worke
 def test_sigterm_is_a_warm_shutdown_the_task_in_flight_finishes(config_file, start_worker):
     worker = start_worker(config_file)
     client = subprocess.Popen(
-        ["/usr/bin/python3", "-m", "celeryd_pkg.submit", "--config", str(config_file),
+        [PYTHON, "-m", "celeryd_pkg.submit", "--config", str(config_file),
          "sleep", "3", "--json"], env=clean_env(), stdout=subprocess.PIPE, text=True, cwd="/")
     deadline = time.monotonic() + 10
     while "Task celeryd.sleep" not in worker.output() and time.monotonic() < deadline:
@@ -82,7 +82,7 @@ def test_sighup_reloads_the_config_without_losing_the_task_in_flight(tmp_path, r
     worker = start_worker(config)
     pid = worker.proc.pid
     client = subprocess.Popen(
-        ["/usr/bin/python3", "-m", "celeryd_pkg.submit", "--config", str(config), "sleep", "2"],
+        [PYTHON, "-m", "celeryd_pkg.submit", "--config", str(config), "sleep", "2"],
         env=clean_env(), stdout=subprocess.PIPE, text=True, cwd="/")
     time.sleep(1)
     config.write_text(config.read_text().replace("concurrency: 1", "concurrency: 4"))
@@ -146,7 +146,7 @@ def test_operator_task_modules_are_served(tmp_path, rabbitmq, account, start_wor
 def test_stock_celery_tools_work_with_the_same_config(config_file, start_worker):
     start_worker(config_file)
     result = subprocess.run(
-        ["/usr/bin/python3", "-m", "celery", "-A", "celeryd_pkg.app", "inspect", "ping",
+        [PYTHON, "-m", "celery", "-A", "celeryd_pkg.app", "inspect", "ping",
          "--timeout", "5"], env=clean_env(CELERYD_CONFIG=str(config_file)),
         capture_output=True, text=True, timeout=60, cwd="/")
     assert result.returncode == 0, result.stderr
