@@ -2,7 +2,7 @@
 
 __all__ = [
     "CelerydError", "TaskFailed", "UsageError", "ConfigError",
-    "BrokerUnreachable", "AccessRefused", "ResultTimeout",
+    "BrokerUnreachable", "AccessRefused", "ResultTimeout", "report",
 ]
 
 
@@ -50,3 +50,15 @@ class ResultTimeout(CelerydError):
     """The task was sent but no result came back in time."""
 
     exit_code = 6
+
+
+def report(error, prog):
+    """Print error's message to stderr, each line prefixed with prog unless it already names
+    a program; return its exit code."""
+    import sys
+
+    for line in error.message.splitlines():
+        if not line.startswith(("celeryd:", "celery-submit:", "celeryd-admin:")):
+            line = f"{prog}: {line}"
+        print(line, file=sys.stderr)
+    return error.exit_code

@@ -9,7 +9,7 @@ import time
 import uuid
 
 from celeryd_pkg.errors import (
-    BrokerUnreachable, CelerydError, ResultTimeout, TaskFailed, UsageError,
+    BrokerUnreachable, CelerydError, ResultTimeout, TaskFailed, UsageError, report,
 )
 from celeryd_pkg.tasks import NAMESPACE
 
@@ -204,14 +204,9 @@ def main(argv=None):
     except ResultTimeout as error:
         # The id on stdout, so a script can look the task up later.
         print(error.task_id)
-        print(error.message, file=sys.stderr)
-        return error.exit_code
+        return report(error, "celery-submit")
     except CelerydError as error:
-        message = error.message
-        if not message.startswith(("celery-submit:", "celeryd:")):
-            message = "celery-submit: " + message
-        print(message, file=sys.stderr)
-        return error.exit_code
+        return report(error, "celery-submit")
     except KeyboardInterrupt:
         return 130
 

@@ -8,7 +8,7 @@ import socket
 import sys
 
 from celeryd_pkg import config as config_module
-from celeryd_pkg.errors import CelerydError
+from celeryd_pkg.errors import CelerydError, report
 from celeryd_pkg.notify import Notifier
 
 __all__ = ["main"]
@@ -48,13 +48,13 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         config = load_config(args)
+        _refuse_bad_login(config)
         from celeryd_pkg.app import make_app
 
         app = make_app(config)
     except CelerydError as error:
         # One line in the journal, then a distinct exit code: never run on defaults.
-        print(error.message, file=sys.stderr)
-        return error.exit_code
+        return report(error, "celeryd")
 
     from celeryd_pkg.monitor import Monitor, Readiness
 
@@ -76,6 +76,20 @@ def main(argv=None):
     monitor.start_pinger()
     worker.start()
     return worker.exitcode
+
+
+def _refuse_bad_login(config):
+    """Raise AccessRefused if the broker rejects our login or vhost: Celery would log it as a
+    traceback. An unreachable broker is fine here: the worker waits for it."""
+    from celeryd_pkg import broker
+    from celeryd_pkg.errors import AccessRefused
+
+    try:
+        broker.connect(config).collect()
+    except AccessRefused:
+        raise
+    except CelerydError:
+        pass
 
 
 def _worker_class(app, monitor, args, argv):

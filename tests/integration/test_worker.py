@@ -193,3 +193,13 @@ def test_reconnects_after_a_broker_restart_and_says_so(tmp_path, own_broker, sta
     assert statuses(worker)[-1].startswith("Consuming from celery")
     assert worker.proc.poll() is None
     assert submit(config, "add", "4", "4", "--timeout", "30").stdout == "8\n"
+
+
+def test_a_refused_login_exits_5_with_one_line_and_no_secret(tmp_path, rabbitmq, account):
+    config = write_config(tmp_path / "etc", rabbitmq, dict(account, password="wrong-secret"))
+    result = run_module("celeryd_pkg.worker", "--config", str(config))
+    assert result.returncode == 5
+    assert result.stderr == (f"celeryd: broker refused the login of user '{account['user']}' at "
+                             f"amqp://{account['user']}:***@127.0.0.1:{rabbitmq.port}/"
+                             f"{account['vhost']}: check the password in /etc/celeryd/credentials "
+                             f"(celeryd-admin check)\n")
