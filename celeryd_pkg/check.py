@@ -1,0 +1,182 @@
+"""celeryd-admin check: config, DNS, TCP, AMQP login, vhost and live workers, one line each."""
+
+import dataclasses
+import os
+import socket
+
+from celeryd_pkg.errors import CelerydError
+
+__all__ = ["STEPS", "Result", "run", "diagnose"]
+
+STEPS = ("config", "dns", "tcp", "login", "vhost", "workers")
+PING_TIMEOUT = 2.0
+
+
+@dataclasses.dataclass
+class Result:
+    """The outcome of one step: OK, FAIL (with a hint and an exit code) or SKIP."""
+
+    status: str
+    name: str
+    detail: str
+    hint: str = ""
+    exit_code: int = 0
+
+    def line(self):
+        if self.status == "OK":
+            return f"OK   {self.name}: {self.detail}"
+        hint = f" — {self.hint}" if self.hint else ""
+        return f"{self.status} {self.name}: {self.detail}{hint}"
+
+
+class _Failed(Exception):
+    """A step failed: carries its results (the last is the FAIL) to diagnose()."""
+
+    def __init__(self, *results):
+        super().__init__(results[-1].detail)
+        self.results = results
+
+
+def _fail(name, detail, hint, exit_code):
+    return Result("FAIL", name, detail, hint, exit_code)
+
+
+def diagnose(config_file=None, env=os.environ, ping_timeout=PING_TIMEOUT):
+    """Given the config file (or None for the default) and environment, yield one Result per
+    step in STEPS; after the first FAIL the remaining steps are SKIPs."""
+    state = {"config_file": config_file, "env": env, "ping_timeout": ping_timeout}
+    steps = [_config, _dns, _tcp, _login, _workers]
+    done = []
+    for step in steps:
+        try:
+            results = step(state)
+        except _Failed as failed:
+            results = failed.results
+        for result in results:
+            done.append(result.name)
+            yield result
+        if results[-1].status == "FAIL":
+            break
+    for name in STEPS:
+        if name not in done:
+            yield Result("SKIP", name, "not checked after the failure above")
+
+
+def run(config_file=None, env=os.environ, out=print, ping_timeout=PING_TIMEOUT):
+    """Print every step's line with out; return 0 if all are OK, else the exit code of the
+    first failure (3 config, 4 DNS/TCP, 5 login/vhost, 1 no live workers)."""
+    code = 0
+    for result in diagnose(config_file, env, ping_timeout):
+        out(result.line())
+        if result.status == "FAIL" and not code:
+            code = result.exit_code
+    return code
+
+
+def _config(state):
+    from celeryd_pkg import config
+
+    path = config.config_paths(state["config_file"], state["env"])[0]
+    try:
+        settings = config.load(state["config_file"], env=state["env"])
+    except CelerydError as error:
+        lines = error.message.splitlines()
+        more = f" (and {len(lines) - 1} more)" if len(lines) > 1 else ""
+        raise _Failed(_fail("config", lines[0] + more, f"fix {path}, then run this again",
+                            error.exit_code)) from None
+    state["config"] = settings
+    sources = ", ".join(settings.sources) or f"built-in defaults only (no {path})"
+    return [Result("OK", "config", f"broker {settings.broker_url()} from {sources}")]
+
+
+def _dns(state):
+    b = state["config"].broker
+    try:
+        infos = socket.getaddrinfo(b.host, b.port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as error:
+        reason = getattr(error, "strerror", None) or str(error)
+        raise _Failed(_fail("dns", f"cannot resolve broker host '{b.host}' ({reason})",
+                            "check broker.host in the config, or /etc/hosts and the resolver",
+                            4)) from None
+    state["addresses"] = [info[4] for info in infos]
+    names = sorted({address[0] for address in state["addresses"]})
+    return [Result("OK", "dns", f"{b.host} -> {', '.join(names)}")]
+
+
+def _tcp(state):
+    b = state["config"].broker
+    errors = []
+    for address in state["addresses"]:
+        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        try:
+            with socket.socket(family, socket.SOCK_STREAM) as sock:
+                sock.settimeout(b.connect_timeout)
+                sock.connect(address)
+            return [Result("OK", "tcp", f"connected to {address[0]} port {b.port}")]
+        except OSError as error:
+            reason = "timed out" if isinstance(error, socket.timeout) else error.strerror
+            errors.append(f"{address[0]}: {reason or error}")
+    raise _Failed(_fail("tcp", f"cannot connect to port {b.port} ({'; '.join(errors)})",
+                        "is rabbitmq-server running and reachable? (systemctl status "
+                        "rabbitmq-server on the broker host; firewall; broker.port)", 4))
+
+
+def _login(state):
+    import amqp
+
+    from celeryd_pkg import broker
+
+    settings = state["config"]
+    b = settings.broker
+    url = settings.broker_url()
+    try:
+        connection = broker.connect(settings)
+    except CelerydError as error:
+        # broker.connect raises "from None"; the original AMQP error is still its context.
+        cause = error.__context__
+        if isinstance(cause, amqp.exceptions.NotAllowed):
+            raise _Failed(
+                Result("OK", "login", f"user '{b.user}' logged in at {b.host}:{b.port}"),
+                _fail("vhost", f"user '{b.user}' has no access to vhost '{b.vhost}'",
+                      "grant it on the broker host: celeryd-admin provision (or rabbitmqctl "
+                      f"set_permissions -p {b.vhost} {b.user} '.*' '.*' '.*')", 5)) from None
+        if isinstance(cause, amqp.exceptions.AccessRefused):
+            hint = ("no password configured: run celeryd-admin provision on the broker host, "
+                    "or celeryd-admin join - here" if not b.password else
+                    "check the password in the credentials file (celeryd-admin join - with "
+                    "the broker host's join string, or provision --rotate-password there)")
+            raise _Failed(_fail("login", f"broker refused the login of user '{b.user}' at "
+                                         f"{url}", hint, 5)) from None
+        raise _Failed(_fail("login", error.message, "see the message; celeryd-admin check "
+                            "again once fixed", error.exit_code)) from None
+    try:
+        connection.close()
+    except Exception:  # noqa: BLE001 - the login succeeded; closing is best effort
+        pass
+    return [Result("OK", "login", f"user '{b.user}' logged in at {b.host}:{b.port}"),
+            Result("OK", "vhost", f"vhost '{b.vhost}' is open to user '{b.user}'")]
+
+
+def _workers(state):
+    from celeryd_pkg import broker
+    from celeryd_pkg.app import make_app
+
+    settings = state["config"]
+    try:
+        app = make_app(settings)
+        try:
+            replies = app.control.ping(timeout=state["ping_timeout"])
+        finally:
+            app.close()
+    except CelerydError as error:
+        raise _Failed(_fail("workers", error.message, "fix the config", error.exit_code)) from None
+    except Exception as error:  # noqa: BLE001 - translated, never a traceback
+        translated = broker.translate(error, settings)
+        raise _Failed(_fail("workers", translated.message, "celeryd-admin check again",
+                            translated.exit_code)) from None
+    names = sorted(name for reply in replies for name in reply)
+    if not names:
+        return [_fail("workers", f"no worker answered a ping within {state['ping_timeout']:g}s "
+                                 f"on vhost '{settings.broker.vhost}'",
+                      "systemctl start celery-worker (journalctl -u celery-worker)", 1)]
+    return [Result("OK", "workers", f"{len(names)} answering: {', '.join(names)}")]

@@ -1,0 +1,200 @@
+"""Create, keep and remove celeryd's RabbitMQ account through rabbitmqctl, idempotently."""
+
+import json
+import logging
+import os
+import secrets
+import subprocess
+
+from celeryd_pkg import credentials
+from celeryd_pkg.errors import BrokerUnreachable, CelerydError, UsageError
+
+__all__ = [
+    "RABBITMQCTL", "DEFER_MESSAGE", "NodeDown", "Rabbitmqctl", "provision", "deprovision",
+    "new_password", "check_name",
+]
+
+logger = logging.getLogger(__name__)
+
+RABBITMQCTL = "/usr/sbin/rabbitmqctl"
+DEFER_MESSAGE = ("celeryd: no running RabbitMQ broker here; to finish setup run: "
+                 "celeryd-admin provision (or celeryd-admin join for a remote broker)")
+FULL = (".*", ".*", ".*")
+# rabbitmqctl's exit codes (sysexits.h), measured with RabbitMQ 3.10.
+EX_DATAERR, EX_NOUSER = 65, 67
+# What rabbitmqctl says when there is no node to talk to, or the node's rabbit app is stopped.
+NODE_DOWN = ("unable to perform an operation on node", "requires the 'rabbit' app to be running")
+
+
+class NodeDown(BrokerUnreachable):
+    """No local broker to provision: rabbitmqctl is not installed or the node is not running."""
+
+
+def new_password():
+    """Return a fresh broker password from the CSPRNG (43 URL-safe characters)."""
+    return secrets.token_urlsafe(32)
+
+
+def check_name(kind, name):
+    """Raise UsageError unless name is a usable RabbitMQ user or vhost name."""
+    if not name or name.startswith("-") or any(c.isspace() or ord(c) < 32 for c in name):
+        raise UsageError(f"celeryd-admin: {kind} {name!r}: expected a non-empty name without "
+                         f"spaces that does not start with '-'")
+    return name
+
+
+class Rabbitmqctl:
+    """rabbitmqctl as a subprocess; a password only ever travels on its stdin."""
+
+    def __init__(self, path=None, env=None, timeout=120):
+        environ = os.environ if env is None else env
+        self.path = path or environ.get("CELERYD_RABBITMQCTL") or RABBITMQCTL
+        self.env = None if env is None else dict(env)
+        self.timeout = timeout
+
+    def run(self, *args, secret=None, ok=(0,)):
+        """Run `rabbitmqctl -q ARGS`, with secret (if any) as the line on stdin. Return the
+        CompletedProcess when its exit code is in ok; raise NodeDown when there is no node,
+        CelerydError otherwise."""
+        stdin = "" if secret is None else secret + "\n"
+        try:
+            result = subprocess.run([self.path, "-q", *args], input=stdin, env=self.env,
+                                    capture_output=True, text=True, timeout=self.timeout)
+        except FileNotFoundError:
+            raise NodeDown(f"celeryd-admin: {self.path} not found: install rabbitmq-server on "
+                           f"the broker host, or use celeryd-admin join for a remote broker")
+        except PermissionError:
+            raise CelerydError(f"celeryd-admin: cannot run {self.path}: permission denied; "
+                               f"run as root") from None
+        except subprocess.TimeoutExpired:
+            raise BrokerUnreachable(f"celeryd-admin: rabbitmqctl {args[0]} did not finish in "
+                                    f"{self.timeout}s: is rabbitmq-server healthy?") from None
+        if result.returncode in ok:
+            return result
+        detail = _summary(result.stderr or result.stdout, secret)
+        # Not the exit code alone: 69 also means e.g. no_such_user for list_user_permissions.
+        if any(text in result.stderr for text in NODE_DOWN):
+            raise NodeDown(f"celeryd-admin: rabbitmqctl: {detail.rstrip('.')}: is "
+                           f"rabbitmq-server running? (systemctl start rabbitmq-server)")
+        raise CelerydError(f"celeryd-admin: rabbitmqctl {args[0]} failed with exit code "
+                           f"{result.returncode}: {detail}")
+
+    def _json(self, *args):
+        out = self.run(*args, "--formatter", "json").stdout.strip()
+        try:
+            return json.loads(out) if out else []
+        except ValueError:
+            raise CelerydError(f"celeryd-admin: rabbitmqctl {args[0]}: unexpected output "
+                               f"{_summary(out, None)!r}") from None
+
+    def vhosts(self):
+        return {row["name"] for row in self._json("list_vhosts", "name")}
+
+    def users(self):
+        return {row["user"] for row in self._json("list_users")}
+
+    def permissions(self, user):
+        """Return {vhost: (configure, write, read)} of an existing user."""
+        return {row["vhost"]: (row["configure"], row["write"], row["read"])
+                for row in self._json("list_user_permissions", user)}
+
+    def add_vhost(self, vhost):
+        self.run("add_vhost", vhost)
+
+    def delete_vhost(self, vhost):
+        """Delete vhost; return False if it did not exist."""
+        result = self.run("delete_vhost", vhost, ok=(0, EX_DATAERR))
+        if result.returncode and "does not exist" not in result.stderr:
+            raise CelerydError(f"celeryd-admin: rabbitmqctl delete_vhost failed: "
+                               f"{_summary(result.stderr, None)}")
+        return result.returncode == 0
+
+    def add_user(self, user, password):
+        self.run("add_user", user, secret=password)
+
+    def change_password(self, user, password):
+        self.run("change_password", user, secret=password)
+
+    def authenticate(self, user, password):
+        """Return whether the broker accepts password for user."""
+        return self.run("authenticate_user", user, secret=password,
+                        ok=(0, EX_DATAERR)).returncode == 0
+
+    def delete_user(self, user):
+        """Delete user; return False if it did not exist."""
+        return self.run("delete_user", user, ok=(0, EX_NOUSER)).returncode == 0
+
+    def set_permissions(self, vhost, user):
+        self.run("set_permissions", "-p", vhost, user, *FULL)
+
+
+def provision(ctl, path, user, vhost, gid, rotate=False):
+    """Make sure vhost, user (with the password in the credentials file at path) and full
+    permissions on that vhost only exist, writing the file when it lacks a usable password
+    or rotate is set. Return the list of changes made (empty when everything was in place).
+    Raise NodeDown when there is no broker to talk to."""
+    check_name("user", user)
+    check_name("vhost", vhost)
+    changes = []
+    stored = credentials.read(path)
+    password = stored.get("password") if stored.get("user", user) == user else None
+    exists = user in ctl.users()
+    granted = ctl.permissions(user).get(vhost) if exists else None
+    # Permissions on the vhost prove it exists: a re-run needs three reads and no write.
+    if granted is None and vhost not in ctl.vhosts():
+        ctl.add_vhost(vhost)
+        changes.append(f"added vhost {vhost}")
+    if rotate or not password:
+        # Temp file first, then the broker, then the rename: a failure leaves a matching pair.
+        fresh = new_password()
+        with credentials.staged(path, {"vhost": vhost, "user": user, "password": fresh}, gid):
+            if exists:
+                ctl.change_password(user, fresh)
+            else:
+                ctl.add_user(user, fresh)
+        changes.append(f"{'set a new password for' if exists else 'added'} user {user}; "
+                       f"wrote {path}")
+    elif not exists:
+        ctl.add_user(user, password)
+        changes.append(f"added user {user} with the password from {path}")
+    elif not ctl.authenticate(user, password):
+        # The file is the source of truth: the workers read it.
+        ctl.change_password(user, password)
+        changes.append(f"reset the password of user {user} to the one in {path}")
+    elif stored.get("vhost", vhost) != vhost:
+        # Same password, another vhost: the workers must follow the file to the new one.
+        credentials.write(path, {**stored, "vhost": vhost, "user": user}, gid)
+        changes.append(f"wrote vhost {vhost} to {path}")
+    if granted != FULL:
+        ctl.set_permissions(vhost, user)
+        changes.append(f"granted user {user} full permissions on vhost {vhost}")
+    for change in changes:
+        logger.info("celeryd-admin: %s", change)
+    return changes
+
+
+def deprovision(ctl, path, user, vhost, delete_vhost=False):
+    """Delete the broker user (and vhost if asked), then the credentials file. Return the list
+    of changes made (empty when all was already gone). Raise NodeDown as provision does."""
+    check_name("user", user)
+    check_name("vhost", vhost)
+    changes = []
+    if ctl.delete_user(user):
+        changes.append(f"deleted user {user}")
+    if delete_vhost and ctl.delete_vhost(vhost):
+        changes.append(f"deleted vhost {vhost}")
+    if credentials.remove(path):
+        changes.append(f"removed {path}")
+    return changes
+
+
+def _summary(text, secret):
+    """rabbitmqctl's message in one line, with the secret (if ever echoed) masked."""
+    if secret:
+        text = text.replace(secret, "***")
+    lines = [line.strip() for line in text.splitlines()
+             if line.strip() and line.strip() not in ("Error:", "Error")]
+    line = lines[0] if lines else "no message"
+    line = line[len("Error: "):] if line.startswith("Error: ") else line
+    line = line.split(". Please see")[0]
+    return line if len(line) <= 200 else line[:197] + "..."
