@@ -215,7 +215,7 @@ def _set(values, key, value, where, problems, from_text=False):
         return
     if from_text:
         value = _from_text(spec, value)
-    error = _check(spec, value)
+    error = _check(spec, value, secret=(name == "password"))
     if error:
         problems.append(f"celeryd: {where}: {section}.{name}: {error}")
         return
@@ -237,15 +237,17 @@ def _from_text(spec, text):
     return text
 
 
-def _check(spec, value):
-    """Return a message saying what is wrong with value for spec, or None if it is valid."""
+def _check(spec, value, secret=False):
+    """Return a message saying what is wrong with value for spec, or None if it is valid.
+    A secret's value is never repeated in the message."""
     if value is None:
         return None if spec.optional else f"expected {TYPE_NAMES[spec.type]}, got nothing"
     ok = isinstance(value, spec.type) and not isinstance(value, bool)
     if ok and spec.type is list:
         ok = all(isinstance(item, str) and item for item in value)
     if not ok:
-        return f"expected {TYPE_NAMES[spec.type]}, got {_kind(value)} {value!r}"
+        shown = "" if secret else f" {value!r}"
+        return f"expected {TYPE_NAMES[spec.type]}, got {_kind(value)}{shown}"
     if spec.minimum is not None and value < spec.minimum:
         return f"must be at least {spec.minimum}, got {value}"
     if spec.type is str and not value.strip():

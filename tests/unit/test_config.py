@@ -219,3 +219,9 @@ def test_config_is_immutable(etc):
     loaded = load(etc)
     with pytest.raises(Exception):
         loaded.worker.concurrency = 3
+
+
+def test_a_mistyped_password_is_never_repeated_in_the_error(etc):
+    path = write(etc / "credentials", "broker:\n  password: 123456\n")
+    assert error_of(etc) == (f"celeryd: {path}: line 2: broker.password: expected a string, "
+                             f"got an integer")
