@@ -53,12 +53,15 @@ class Rabbitmqctl:
         self.timeout = timeout
 
     def run(self, *args, secret=None, ok=(0,)):
-        """Run `rabbitmqctl -q ARGS`, with secret (if any) as the line on stdin. Return the
+        """Run `rabbitmqctl [-q] ARGS`, with secret (if any) as the line on stdin. Return the
         CompletedProcess when its exit code is in ok; raise NodeDown when there is no node,
         CelerydError otherwise."""
         stdin = "" if secret is None else secret + "\n"
+        # RabbitMQ 4.0 (trixie) never returns from `-q` with a password on stdin; its
+        # chatter without -q is captured and dropped.
+        quiet = ["-q"] if secret is None else []
         try:
-            result = subprocess.run([self.path, "-q", *args], input=stdin, env=self.env,
+            result = subprocess.run([self.path, *quiet, *args], input=stdin, env=self.env,
                                     capture_output=True, text=True, timeout=self.timeout)
         except FileNotFoundError:
             raise NodeDown(f"celeryd-admin: {self.path} not found: install rabbitmq-server on "

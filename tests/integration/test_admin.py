@@ -102,7 +102,8 @@ def test_provision_again_changes_nothing(rabbitmq, etc, names, tmp_path):
     after = creds.stat()
     assert (after.st_mtime_ns, after.st_ino, creds.read_text()) == \
         (before.st_mtime_ns, before.st_ino, text)
-    commands = [line.split()[1] for line in log.read_text().splitlines()]
+    commands = [next(word for word in line.split() if not word.startswith("-"))
+                for line in log.read_text().splitlines()]
     assert commands == ["list_users", "list_user_permissions", "authenticate_user"]
     login(etc)
 

@@ -285,10 +285,11 @@ def test_new_passwords_are_long_random_and_url_safe():
     assert all(len(p) >= 43 and p.replace("-", "").replace("_", "").isalnum() for p in passwords)
 
 
-def test_add_user_passes_the_password_on_stdin_only(fake):
+def test_add_user_passes_the_password_on_stdin_only_and_without_q(fake):
+    # rabbitmqctl 4.0 hangs on `-q` with a password on stdin.
     fake.ctl().add_user("celery", "hunter2-secret")
     (call,) = fake.calls()
-    assert call["argv"][1:] == ["-q", "add_user", "celery"]
+    assert call["argv"][1:] == ["add_user", "celery"]
     assert call["stdin"] == "hunter2-secret\n"
     assert_secret_only_on_stdin(fake, "hunter2-secret")
 
@@ -300,7 +301,7 @@ def test_change_password_and_authenticate_pass_the_password_on_stdin_only(fake):
     assert ctl.authenticate("celery", "two-secret") is True
     assert ctl.authenticate("celery", "one") is False
     calls = fake.calls()
-    assert [c["argv"][2:] for c in calls[1:]] == [
+    assert [c["argv"][1:] for c in calls[1:]] == [
         ["change_password", "celery"], ["authenticate_user", "celery"],
         ["authenticate_user", "celery"]]
     assert [c["stdin"] for c in calls[1:]] == ["two-secret\n", "two-secret\n", "one\n"]
