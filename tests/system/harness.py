@@ -12,20 +12,19 @@ import subprocess
 import tempfile
 import time
 
-__all__ = ['CACHE', 'SUITES', 'HarnessError', 'CommandFailed', 'host_mirror',
-           'pristine_rootfs', 'Container', 'Bridge']
+__all__ = ['SUITES', 'HarnessError', 'CommandFailed', 'pristine_rootfs', 'Container', 'Bridge']
 
 CACHE = '/var/cache/celeryd-test'
 SUITES = ('trixie', 'bookworm')
-MARKER = '.celeryd-test-rootfs'
+MARKER, FORMAT = '.celeryd-test-rootfs', '2'  # bump FORMAT to rebuild every cached rootfs
 INCLUDE = 'systemd,systemd-sysv,dbus'
 TOOLS = ('debootstrap', 'systemd-nspawn', 'nsenter', 'unshare', 'ip', 'pgrep')
 ENV = {'PATH': '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', 'LANG': 'C.UTF-8',
        'HOME': '/root', 'TERM': 'dumb', 'DEBIAN_FRONTEND': 'noninteractive'}
 APT = ['apt-get', '-q', '-o', 'DPkg::Lock::Timeout=600']
 POLICY = '#!/bin/sh\n# celeryd-test: no service starts during image preparation\nexit 101\n'
-_names = itertools.count()
-_live = set()
+HOSTS = '127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\n'
+_names, _live = itertools.count(), set()
 
 
 class HarnessError(RuntimeError):
@@ -66,13 +65,19 @@ def _kill(pid, signo):
         os.kill(pid, signo)
 
 
-def _sh(cmd, **kwargs):
-    """Run a host command with a clean environment; raise CommandFailed on failure."""
-    kwargs.setdefault('timeout', 900)
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, **kwargs)
-    if proc.returncode:
-        raise CommandFailed(proc.returncode, cmd, proc.stdout, proc.stderr)
-    return proc
+def _sh(cmd, check=True, timeout=900, input=None):
+    """Run cmd with a clean environment; return CompletedProcess, raise CommandFailed if check.
+    On timeout or interrupt kill its process group, or nsenter's child would hold the pipes."""
+    with subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=ENV, cwd='/',
+                          stderr=subprocess.PIPE, text=True, start_new_session=True) as proc:
+        try:
+            out, err = proc.communicate(input, timeout=timeout)
+        except BaseException:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise
+    if check and proc.returncode:
+        raise CommandFailed(proc.returncode, cmd, out, err)
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def mounts_under(path):
@@ -86,7 +91,7 @@ def mounts_under(path):
 def remove_tree(path):
     """Unmount anything below path, then delete it without crossing file systems."""
     for point in mounts_under(path):
-        subprocess.run(['umount', '-l', point], env=ENV, check=False)
+        _sh(['umount', '-l', point], check=False)
     if os.path.lexists(path):
         _sh(['rm', '-rf', '--one-file-system', path])
 
@@ -100,7 +105,7 @@ def pristine_rootfs(suite, cache=CACHE):
     with open(os.path.join(cache, f'.{suite}.lock'), 'w') as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         with contextlib.suppress(OSError), open(marker) as f:
-            if f.read().split()[:1] == [suite]:
+            if f.read().split()[:2] == [suite, FORMAT]:
                 return path
         for stale in os.listdir(cache):
             if stale.startswith((f'.{suite}.build-', f'.{suite}.old-')):
@@ -111,8 +116,10 @@ def pristine_rootfs(suite, cache=CACHE):
             os.chmod(build, 0o755)  # it becomes the container's /
             _sh(['debootstrap', '--variant=minbase', f'--include={INCLUDE}',
                  suite, build, host_mirror()], timeout=1800)
+            with open(os.path.join(build, 'etc', 'hosts'), 'w') as f:  # as d-i: localhost
+                f.write(HOSTS)
             with open(os.path.join(build, MARKER), 'w') as f:
-                f.write(f'{suite} {INCLUDE} {time.strftime("%Y-%m-%dT%H:%M:%S")}\n')
+                f.write(f'{suite} {FORMAT} {INCLUDE} {time.strftime("%Y-%m-%dT%H:%M:%S")}\n')
             if os.path.lexists(path):  # unmarked (hand-made or foreign): swap it out
                 os.rename(path, os.path.join(old, suite))
             os.rename(build, path)
@@ -219,9 +226,7 @@ class Container:
             if self._proc.poll() is not None:
                 raise HarnessError(f'systemd-nspawn exited {self._proc.returncode}:\n'
                                    + self.console()[-3000:])
-            children = subprocess.run(['pgrep', '-P', str(self._proc.pid)], env=ENV,
-                                      capture_output=True, text=True).stdout.split()
-            for pid in children:
+            for pid in _sh(['pgrep', '-P', str(self._proc.pid)], check=False).stdout.split():
                 with contextlib.suppress(OSError), open(f'/proc/{pid}/comm') as f:
                     if f.read().strip() == 'systemd':
                         return int(pid)
@@ -241,12 +246,7 @@ class Container:
         cmd = ['sh', '-c', cmd] if isinstance(cmd, str) else list(cmd)
         if user:
             cmd = ['runuser', '-u', user, '--', *cmd]
-        full = ['nsenter', '-t', str(self.pid), '-a', '--', *cmd]
-        proc = subprocess.run(full, capture_output=True, text=True, env=ENV,
-                              timeout=timeout, input=input, cwd='/')
-        if check and proc.returncode:
-            raise CommandFailed(proc.returncode, cmd, proc.stdout, proc.stderr)
-        return proc
+        return _sh(['nsenter', '-t', str(self.pid), '-a', '--', *cmd], check, timeout, input)
 
     def journal(self, unit=None, lines=None):
         """Return this boot's journal (of one unit if given), possibly only its last lines."""
@@ -290,11 +290,10 @@ class Bridge:
         return self
 
     def __exit__(self, *exc):
-        subprocess.run(['ip', 'link', 'del', self.name], env=ENV, capture_output=True)
+        _sh(['ip', 'link', 'del', self.name], check=False)
 
 
 @atexit.register
-def _stop_all():
-    """Last resort when a caller forgot the with statement: stop what is still booted."""
+def _stop_all():  # last resort when a caller forgot the with statement
     for container in list(_live):
         container.stop(timeout=20)

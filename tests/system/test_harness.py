@@ -72,9 +72,9 @@ def fake_debootstrap(monkeypatch, fail=False):
     """Replace only debootstrap (60 s) in module._sh; return the list of its calls."""
     calls, real = [], module._sh
 
-    def sh(cmd, **kwargs):
+    def sh(cmd, *args, **kwargs):
         if cmd[0] != 'debootstrap':
-            return real(cmd, **kwargs)
+            return real(cmd, *args, **kwargs)
         calls.append(cmd)
         os.mkdir(os.path.join(cmd[-2], 'etc'))
         if fail:
@@ -129,3 +129,12 @@ def test_containers_on_a_bridge_of_our_own_reach_each_other_and_leave_no_link(pr
     assert client.stdout.strip() == "b'hi'", client.stderr
     links = subprocess.run(['ip', '-o', 'link'], capture_output=True, text=True).stdout
     assert bridge.name not in links
+
+
+def test_run_timeout_does_not_wait_for_children_that_hold_the_output_open(bare):
+    started = time.monotonic()
+
+    with pytest.raises(subprocess.TimeoutExpired):
+        bare.run('sleep 300 & sleep 300', timeout=2)
+
+    assert time.monotonic() - started < 30
