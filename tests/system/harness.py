@@ -144,6 +144,8 @@ class Container:
         self.root, self.log_path = f'{self.dir}/root', f'{self.dir}/nspawn.log'
         try:
             _sh(['cp', '-a', '--reflink=auto', pristine, self.root])
+            with open(f'{self.root}/etc/hostname', 'w') as f:  # debootstrap copied the host's
+                f.write(f'{self.name}\n')
         except BaseException:
             self.stop()
             raise
@@ -235,9 +237,8 @@ class Container:
 
     def console(self):
         """Return what nspawn and the container's console printed so far."""
-        with contextlib.suppress(OSError), open(self.log_path, errors='replace') as f:
+        with open(self.log_path, errors='replace') as f:
             return f.read()
-        return ''
 
     def run(self, cmd, check=True, timeout=120, user=None, input=None):
         """Run cmd (list, or str for sh -c) inside the booted container; return CompletedProcess."""

@@ -33,6 +33,7 @@ def test_predownloaded_python3_installs_offline_and_is_the_one_of_its_suite(prer
 def test_run_reports_exit_code_input_and_user(bare):
     assert bare.run(['cat'], input='hello').stdout == 'hello'
     assert bare.run(['id', '-un'], user='nobody').stdout.strip() == 'nobody'
+    assert bare.run(['hostname']).stdout.strip() == bare.name
     assert bare.run('exit 3', check=False).returncode == 3
     with pytest.raises(module.CommandFailed):
         bare.run(['false'])
