@@ -35,8 +35,11 @@ unit: deps
 integration: deps
 	$(PYTEST) -q tests/integration
 
+# Everything, in one pytest run: unit, integration (a private RabbitMQ), and the system
+# tests in booted Debian 13 and 12 containers, on the .debs built and linted just before.
 test: deps
-	$(PYTEST) -q tests/unit tests/integration
+	$(MAKE) --no-print-directory deb lint
+	CELERYD_DEBS_PREBUILT=1 $(PYTEST) -q -p no:cacheprovider tests
 
 # Booted Debian 13 and 12 containers (tests/system/harness.py); rootfs cached in /var/cache/celeryd-test.
 system: deps
