@@ -3,11 +3,13 @@
 import json
 import os
 import re
+import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 
 from tests.integration.broker import free_port
-from tests.integration.conftest import submit, write_config
+from tests.integration.conftest import REPO, clean_env, submit, write_config
 
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
@@ -108,16 +110,19 @@ def test_exit_3_with_the_group_hint_for_a_user_who_cannot_read_credentials(rabbi
         directory.chmod(0o755)
         config = write_config(directory, rabbitmq, account)
         config.chmod(0o644)
-        result = submit(config, "add", "4", "4", user="nobody")
+        # nobody may not be able to read the checkout: give it its own copy of the code.
+        shutil.copytree(REPO / "celeryd_pkg", directory / "src" / "celeryd_pkg",
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        subprocess.run(["chmod", "-R", "a+rX", str(directory / "src")], check=True)
+        env = clean_env(PYTHONPATH=str(directory / "src"))
+        result = submit(config, "add", "4", "4", user="nobody", env=env)
         assert result.returncode == 3, result.stderr
         assert result.stderr.startswith(f"celeryd: {directory}/credentials: permission denied; "
                                         f"it is readable by group 'root'")
         assert "adduser $USER root" in result.stderr
         assert account["password"] not in result.stdout + result.stderr
     finally:
-        for path in directory.iterdir():
-            path.unlink()
-        directory.rmdir()
+        shutil.rmtree(directory)
 
 
 def test_exit_4_when_no_broker_listens(tmp_path, account):

@@ -274,15 +274,17 @@ def test_postinst_creates_the_user_before_a_provisioning_that_cannot_fail_the_in
     assert case.index("create_system_user") < case.index("provision_broker")
 
 
-def test_postrm_purges_config_state_and_broker_user_and_remove_keeps_them():
+def test_postrm_purges_config_state_broker_user_and_system_user_and_remove_keeps_them():
     text = (ROOT / "debian" / "celeryd.postrm").read_text()
     case = text[text.index('case "$1" in'):text.index("#DEBHELPER#")]
 
-    assert re.search(r"purge\)\s+remove_broker_user\s+remove_config\s+remove_state\s+;;", case)
+    assert re.search(r"purge\)\s+remove_broker_user\s+remove_config\s+remove_state\s+"
+                     r"remove_system_user\s+;;", case)
     assert "remove)" not in case
     assert "rm -rf /etc/celeryd" in text
     assert "rm -rf /var/lib/celeryd" in text
     assert "rabbitmqctl -q delete_user celery >/dev/null 2>&1 || true" in text
+    assert "userdel celery" in text and "groupdel celery" in text
 
 
 def test_recorded_security_exposure_is_at_most_one():
