@@ -195,13 +195,17 @@ def test_a_broker_restart_keeps_the_worker_active_and_it_reconnects(machine):
     pid = show(machine, "MainPID")
     restart = subprocess.Popen(["nsenter", "-t", str(machine.pid), "-a", "--", "systemctl",
                                 "restart", "rabbitmq-server"], env=harness.ENV)
-    states = set()
+    states, statuses = set(), set()
     while restart.poll() is None:
         states.add(show(machine, "ActiveState"))
+        statuses.add(show(machine, "StatusText"))
         time.sleep(0.2)
     assert restart.returncode == 0
     wait_until(lambda: show(machine, "StatusText").startswith("Consuming"), 90, "reconnection")
     assert states == {"active"} and show(machine, "MainPID") == pid
+    # systemd saw the outage in STATUS= while it lasted.
+    assert any(s.startswith("Broker connection lost; reconnecting to amqp://celery:***@")
+               for s in statuses), statuses
     assert submit(machine, "add", "4", "4").stdout == "8\n"
 
 
