@@ -4,7 +4,7 @@ import argparse
 import sys
 from urllib.parse import quote, unquote
 
-from celeryd_pkg.errors import CelerydError, UsageError
+from celeryd_pkg.errors import CelerydError, UsageError, report
 
 __all__ = ["main", "parse_args", "parse_url", "mask_url", "DEFAULT_PORT"]
 
@@ -246,8 +246,7 @@ def main(argv=None):
         args = parse_args(argv)
         return COMMANDS[args.command](args)
     except CelerydError as error:
-        print(error.message, file=sys.stderr)
-        return error.exit_code
+        return report(error, "celeryd-admin")
     except KeyboardInterrupt:
         return 130
 

@@ -6,7 +6,7 @@ third of the start-up time and memory.
 
 import socket
 
-from celeryd_pkg.errors import AccessRefused, BrokerUnreachable
+from celeryd_pkg.errors import AccessRefused, BrokerUnreachable, LoginRefused, VhostRefused
 
 __all__ = ["connect", "translate"]
 
@@ -39,13 +39,13 @@ def translate(error, config):
             f"cannot resolve broker host '{b.host}' ({error.strerror}): check broker.host "
             f"in /etc/celeryd/celeryd.yaml")
     if isinstance(error, amqp.exceptions.NotAllowed):
-        return AccessRefused(
+        return VhostRefused(
             f"broker refused user '{b.user}' access to vhost '{b.vhost}' at {url}: "
             f"grant it with celeryd-admin provision (or rabbitmqctl set_permissions)")
     if isinstance(error, amqp.exceptions.AccessRefused):
         reason = (error.reply_text or "").split(" - ", 1)[-1]
         if "login" in reason.lower() or "authentication" in reason.lower():
-            return AccessRefused(
+            return LoginRefused(
                 f"broker refused the login of user '{b.user}' at {url}: check the password in "
                 f"/etc/celeryd/credentials (celeryd-admin check)")
         return AccessRefused(f"broker refused access at {url}: {reason}")

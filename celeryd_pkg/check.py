@@ -122,9 +122,8 @@ def _tcp(state):
 
 
 def _login(state):
-    import amqp
-
     from celeryd_pkg import broker
+    from celeryd_pkg.errors import LoginRefused, VhostRefused
 
     settings = state["config"]
     b = settings.broker
@@ -132,15 +131,13 @@ def _login(state):
     try:
         connection = broker.connect(settings)
     except CelerydError as error:
-        # broker.connect raises "from None"; the original AMQP error is still its context.
-        cause = error.__context__
-        if isinstance(cause, amqp.exceptions.NotAllowed):
+        if isinstance(error, VhostRefused):
             raise _Failed(
                 Result("OK", "login", f"user '{b.user}' logged in at {b.host}:{b.port}"),
                 _fail("vhost", f"user '{b.user}' has no access to vhost '{b.vhost}'",
                       "grant it on the broker host: celeryd-admin provision (or rabbitmqctl "
                       f"set_permissions -p {b.vhost} {b.user} '.*' '.*' '.*')", 5)) from None
-        if isinstance(cause, amqp.exceptions.AccessRefused):
+        if isinstance(error, LoginRefused):
             hint = ("no password configured: run celeryd-admin provision on the broker host, "
                     "or celeryd-admin join - here" if not b.password else
                     "check the password in the credentials file (celeryd-admin join - with "

@@ -2,7 +2,8 @@
 
 __all__ = [
     "CelerydError", "TaskFailed", "UsageError", "ConfigError",
-    "BrokerUnreachable", "AccessRefused", "ResultTimeout", "report",
+    "BrokerUnreachable", "AccessRefused", "LoginRefused", "VhostRefused", "ResultTimeout",
+    "report",
 ]
 
 
@@ -44,6 +45,14 @@ class AccessRefused(CelerydError):
     """The broker refused the login or the vhost/queue permission."""
 
     exit_code = 5
+
+
+class LoginRefused(AccessRefused):
+    """The broker refused the user name or password."""
+
+
+class VhostRefused(AccessRefused):
+    """The broker accepted the login but refused the user its vhost."""
 
 
 class ResultTimeout(CelerydError):
