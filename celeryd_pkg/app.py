@@ -12,6 +12,7 @@ from kombu import Exchange, Queue
 
 from celeryd_pkg import config as config_module
 from celeryd_pkg import tasks
+from celeryd_pkg.broker import ssl_options
 from celeryd_pkg.errors import ConfigError
 
 __all__ = ["make_app", "app"]
@@ -28,6 +29,7 @@ def make_app(config):
         broker_url=config.broker_url(masked=False),
         broker_connection_timeout=config.broker.connect_timeout,
         broker_heartbeat=config.broker.heartbeat,
+        broker_use_ssl=ssl_options(config.broker) or None,
         # Keep retrying a broker that is down at start or goes away: systemd should see a
         # worker waiting, not a crash loop.
         broker_connection_retry=True,

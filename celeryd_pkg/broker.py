@@ -6,9 +6,30 @@ third of the start-up time and memory.
 
 import socket
 
-from celeryd_pkg.errors import AccessRefused, BrokerUnreachable, LoginRefused, VhostRefused
+from celeryd_pkg.errors import (
+    AccessRefused, BrokerUnreachable, LoginRefused, TlsFailed, VhostRefused,
+)
 
-__all__ = ["connect", "translate"]
+__all__ = ["connect", "translate", "ssl_options"]
+
+
+def ssl_options(broker):
+    """Given the broker section, return py-amqp's (and kombu's broker_use_ssl) TLS options:
+    False for plain AMQP, else a dict that verifies the broker's certificate and host name
+    unless broker.verify is off."""
+    if not broker.tls:
+        return False
+    import ssl
+
+    options = {"cert_reqs": ssl.CERT_REQUIRED if broker.verify else ssl.CERT_NONE}
+    if broker.verify:
+        # py-amqp checks the host name only when it is given one.
+        options["server_hostname"] = broker.server_name or broker.host
+    for key, option in (("ca_file", "ca_certs"), ("cert_file", "certfile"),
+                        ("key_file", "keyfile")):
+        if getattr(broker, key):
+            options[option] = getattr(broker, key)
+    return options
 
 
 def connect(config, vhost=None):
@@ -20,7 +41,7 @@ def connect(config, vhost=None):
     connection = amqp.Connection(
         host=f"{b.host}:{b.port}", userid=b.user, password=b.password or "",
         virtual_host=b.vhost if vhost is None else vhost,
-        connect_timeout=b.connect_timeout, heartbeat=0)
+        connect_timeout=b.connect_timeout, heartbeat=0, ssl=ssl_options(b))
     try:
         connection.connect()
     except Exception as error:  # noqa: BLE001 - translated, never shown as a traceback
@@ -49,6 +70,9 @@ def translate(error, config):
                 f"broker refused the login of user '{b.user}' at {url}: check the password in "
                 f"/etc/celeryd/credentials (celeryd-admin check)")
         return AccessRefused(f"broker refused access at {url}: {reason}")
+    tls = _tls_problem(error, b)
+    if tls:
+        return TlsFailed(f"TLS to broker at {b.host}:{b.port} failed ({tls}) at {url}")
     if isinstance(error, (socket.timeout, TimeoutError)):
         return BrokerUnreachable(
             f"broker at {b.host}:{b.port} did not answer within {b.connect_timeout}s "
@@ -62,3 +86,17 @@ def translate(error, config):
         text = getattr(error, "reply_text", "") or str(error)
         return BrokerUnreachable(f"broker error at {url}: {text}")
     return BrokerUnreachable(f"broker error at {url}: {type(error).__name__}: {error}")
+
+
+def _tls_problem(error, broker):
+    """Return a short reason and hint when error is a TLS failure, else None."""
+    import ssl
+
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return (f"{error.verify_message}: the broker's certificate is not trusted for "
+                f"'{broker.server_name or broker.host}'; check broker.ca_file and "
+                f"broker.server_name")
+    if isinstance(error, ssl.SSLError):
+        return (f"{error.reason or error.strerror or 'handshake failed'}: is broker.port "
+                f"({broker.port}) the broker's TLS port?")
+    return None

@@ -6,7 +6,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from celeryd_pkg.errors import ConfigError
-from celeryd_pkg.schema import CREDENTIAL_KEYS, SCHEMA, defaults
+from celeryd_pkg.schema import CREDENTIAL_KEYS, PORTS, SCHEMA, defaults
 
 __all__ = ["Config", "load", "config_paths", "DEFAULT_CONFIG"]
 
@@ -14,7 +14,9 @@ DEFAULT_CONFIG = "/etc/celeryd/celeryd.yaml"
 ENV_PREFIX = "CELERYD_"
 # Environment variables that steer the loader itself rather than set a key.
 LOADER_ENV = {"CELERYD_CONFIG", "CELERYD_ROOT"}
-TYPE_NAMES = {int: "an integer", str: "a string", list: "a list of strings"}
+TYPE_NAMES = {int: "an integer", str: "a string", list: "a list of strings",
+              bool: "true or false"}
+LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "ip6-localhost"}
 
 
 class Section:
@@ -57,7 +59,19 @@ class Config:
         password = b.password or ""
         secret = "***" if masked and password else quote(password, safe="")
         auth = quote(b.user, safe="") + (":" + secret if password else "")
-        return f"amqp://{auth}@{b.host}:{b.port}/{quote(b.vhost, safe='')}"
+        scheme = "amqps" if b.tls else "amqp"
+        host = f"[{b.host}]" if ":" in b.host else b.host
+        return f"{scheme}://{auth}@{host}:{b.port}/{quote(b.vhost, safe='')}"
+
+    def plain_remote_warning(self):
+        """Return a warning when the password and tasks would cross the network in clear
+        (plain AMQP to a broker not on this host, not explicitly allowed), else None."""
+        b = self.broker
+        if b.tls or b.allow_plain or b.host.lower() in LOCAL_HOSTS or b.host.startswith("127."):
+            return None
+        return (f"celeryd: warning: broker {b.host} is not on this host and broker.tls is off: "
+                f"the password and every task cross the network unencrypted; set broker.tls: "
+                f"true (celeryd-admin join amqps://...) or broker.allow_plain: true")
 
 
 def config_paths(config_file=None, env=os.environ):
@@ -107,6 +121,16 @@ def load(config_file=None, overrides=None, env=os.environ, instance=None):
                  from_text=isinstance(value, str))
     if problems:
         raise ConfigError("\n".join(problems))
+    broker = values["broker"]
+    if broker["port"] is None:
+        broker["port"] = PORTS[broker["tls"]]
+    if broker["tls"]:
+        for key in ("ca_file", "cert_file", "key_file"):
+            if broker[key] and not os.path.exists(broker[key]):
+                raise ConfigError(f"celeryd: broker.{key}: {broker[key]}: no such file")
+        if bool(broker["cert_file"]) != bool(broker["key_file"]):
+            raise ConfigError("celeryd: broker.cert_file and broker.key_file: set both or "
+                              "neither")
 
     return Config({s: Section(s, values[s]) for s in SCHEMA}, sources)
 
@@ -150,8 +174,9 @@ def _parse_yaml(path, text):
     """Return (data, lines) where lines maps (section, key) to its 1-based line number."""
     import yaml
 
-    loader = yaml.SafeLoader(text)
+    loader = None
     try:
+        loader = yaml.SafeLoader(text)  # its reader already refuses control characters
         node = loader.get_single_node()
         data = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as error:
@@ -159,8 +184,11 @@ def _parse_yaml(path, text):
         where = f"line {mark.line + 1}: " if mark else ""
         problem = getattr(error, "problem", None) or str(error).splitlines()[0]
         raise ConfigError(f"celeryd: {path}: {where}YAML syntax error: {problem}") from None
+    except RecursionError:
+        raise ConfigError(f"celeryd: {path}: YAML nested too deeply") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     lines = {}
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
@@ -187,7 +215,7 @@ def _apply_file(values, path, sources, allowed=None):
         permitted = (allowed or SCHEMA).get(section)
         if section not in SCHEMA or permitted is None:
             choices = ", ".join(allowed or SCHEMA)
-            problems.append(f"celeryd: {where}: unknown section '{section}' (expected one of "
+            problems.append(f"celeryd: {where}: unknown section '{_shown(section)}' (expected one of "
                             f"{choices})")
             continue
         if body is None:
@@ -199,7 +227,7 @@ def _apply_file(values, path, sources, allowed=None):
             where = f"{path}: line {lines.get((section, key), '?')}"
             if key not in permitted:
                 hint = "" if key not in SCHEMA[section] else " (not allowed in this file)"
-                problems.append(f"celeryd: {where}: unknown key '{section}.{key}'{hint}")
+                problems.append(f"celeryd: {where}: unknown key '{_shown(section)}.{_shown(key)}'{hint}")
                 continue
             _set(values, (section, key), value, where, problems)
     if problems:
@@ -211,7 +239,7 @@ def _set(values, key, value, where, problems, from_text=False):
     section, name = key
     spec = SCHEMA.get(section, {}).get(name)
     if spec is None:
-        problems.append(f"celeryd: {where}: unknown key '{section}.{name}'")
+        problems.append(f"celeryd: {where}: unknown key '{_shown(section)}.{_shown(name)}'")
         return
     if from_text:
         value = _from_text(spec, value)
@@ -220,6 +248,10 @@ def _set(values, key, value, where, problems, from_text=False):
         problems.append(f"celeryd: {where}: {section}.{name}: {error}")
         return
     values[section][name] = list(value) if isinstance(value, list) else value
+
+
+BOOLEAN_TEXT = {"true": True, "yes": True, "on": True, "1": True,
+                "false": False, "no": False, "off": False, "0": False}
 
 
 def _from_text(spec, text):
@@ -234,6 +266,8 @@ def _from_text(spec, text):
             return text
     if spec.type is list:
         return [item.strip() for item in text.split(",") if item.strip()]
+    if spec.type is bool:
+        return BOOLEAN_TEXT.get(text.lower(), text)
     return text
 
 
@@ -242,7 +276,7 @@ def _check(spec, value, secret=False):
     A secret's value is never repeated in the message."""
     if value is None:
         return None if spec.optional else f"expected {TYPE_NAMES[spec.type]}, got nothing"
-    ok = isinstance(value, spec.type) and not isinstance(value, bool)
+    ok = isinstance(value, spec.type) and (spec.type is bool or not isinstance(value, bool))
     if ok and spec.type is list:
         ok = all(isinstance(item, str) and item for item in value)
     if not ok:
@@ -253,6 +287,12 @@ def _check(spec, value, secret=False):
     if spec.type is str and not value.strip():
         return "must not be empty"
     return None
+
+
+def _shown(name):
+    """A key name fit for a one-line message: escaped when it holds control characters."""
+    text = str(name)
+    return text if text.isprintable() else repr(text)[1:-1]
 
 
 def _kind(value):

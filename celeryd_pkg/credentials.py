@@ -40,7 +40,7 @@ def read(path):
         raise ConfigError(f"celeryd-admin: {path}: cannot read ({reason}); run as root") from None
     try:
         data = yaml.safe_load(text)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):
         # The parser's message may quote the line holding the password: never show it.
         raise ConfigError(f"celeryd-admin: {path}: YAML syntax error; fix or remove the file "
                           f"(celeryd-admin provision or join writes a new one)") from None

@@ -2,7 +2,7 @@
 
 __all__ = [
     "CelerydError", "TaskFailed", "UsageError", "ConfigError",
-    "BrokerUnreachable", "AccessRefused", "LoginRefused", "VhostRefused", "ResultTimeout",
+    "BrokerUnreachable", "TlsFailed", "AccessRefused", "LoginRefused", "VhostRefused", "ResultTimeout",
     "report",
 ]
 
@@ -39,6 +39,11 @@ class BrokerUnreachable(CelerydError):
     """No connection to the broker (DNS, TCP, or the broker itself)."""
 
     exit_code = 4
+
+
+class TlsFailed(BrokerUnreachable):
+    """The TLS handshake with the broker failed (untrusted certificate, wrong port): retrying
+    will not help, the configuration must change."""
 
 
 class AccessRefused(CelerydError):

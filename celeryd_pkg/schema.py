@@ -2,7 +2,7 @@
 
 from collections import namedtuple
 
-__all__ = ["Key", "SCHEMA", "CREDENTIAL_KEYS", "defaults"]
+__all__ = ["Key", "SCHEMA", "CREDENTIAL_KEYS", "PORTS", "defaults"]
 
 # One configuration key: its Python type, default and a one-line description; optional
 # says None is a valid value; minimum bounds an int. (A namedtuple, not a dataclass:
@@ -13,7 +13,10 @@ Key = namedtuple("Key", "type default description optional minimum", defaults=(F
 SCHEMA = {
     "broker": {
         "host": Key(str, "localhost", "RabbitMQ host name or address."),
-        "port": Key(int, 5672, "RabbitMQ AMQP port.", minimum=1),
+        "port": Key(
+            int, None, "RabbitMQ port (default 5671 with TLS, 5672 without).", optional=True,
+            minimum=1,
+        ),
         "vhost": Key(str, "celery", "RabbitMQ virtual host."),
         "user": Key(str, "celery", "RabbitMQ user."),
         "password": Key(
@@ -23,6 +26,22 @@ SCHEMA = {
             int, 4, "Seconds to wait for a TCP connection to the broker.", minimum=1
         ),
         "heartbeat": Key(int, 60, "AMQP heartbeat in seconds (0 disables).", minimum=0),
+        "tls": Key(bool, False, "Connect with TLS (amqps); join turns it on for a TLS broker."),
+        "ca_file": Key(
+            str, None, "CA certificate(s) to verify the broker with (default: the system's).",
+            optional=True,
+        ),
+        "cert_file": Key(str, None, "Client certificate for TLS, if the broker asks for one.",
+                         optional=True),
+        "key_file": Key(str, None, "Private key of cert_file.", optional=True),
+        "verify": Key(bool, True, "Verify the broker's TLS certificate and host name."),
+        "server_name": Key(
+            str, None, "Name expected in the broker's certificate (default: broker.host).",
+            optional=True,
+        ),
+        "allow_plain": Key(
+            bool, False, "Use plain AMQP to a broker on another host without a warning.",
+        ),
     },
     "worker": {
         "concurrency": Key(int, 2, "Number of prefork child processes.", minimum=1),
@@ -59,7 +78,9 @@ SCHEMA = {
 }
 
 # The only keys the credentials file may set: where the broker is and how to log in.
-CREDENTIAL_KEYS = {"broker": {"host", "port", "vhost", "user", "password"}}
+CREDENTIAL_KEYS = {"broker": {"host", "port", "vhost", "user", "password", "tls", "ca_file",
+                              "server_name"}}
+PORTS = {False: 5672, True: 5671}  # AMQP, AMQPS
 
 
 def defaults():

@@ -75,6 +75,8 @@ def parse_value(text):
         return json.loads(text)
     except ValueError:
         return text
+    except RecursionError:
+        raise UsageError(f"celery-submit: argument {text[:20]}...: nested too deeply") from None
 
 
 def build_message(task, args, kwargs, task_id, reply_to=None, countdown=None, now=None):
@@ -123,10 +125,15 @@ def submit(config, args):
         body, properties = build_message(args.task, args.args, args.kwargs, task_id,
                                          None if args.no_wait else REPLY_TO, args.countdown)
         started = time.monotonic()
-        # Waits for the broker's confirm; an unroutable message comes back first.
-        channel.basic_publish_confirm(amqp.Message(body, **properties), exchange="",
-                                      routing_key=queue, mandatory=True,
-                                      confirm_timeout=config.broker.connect_timeout)
+        # To the queue's own exchange (as the workers declare it), not the default one: a
+        # submit-only account may write to task exchanges but not into the workers' control
+        # queues. Waits for the broker's confirm; an unroutable message comes back first.
+        try:
+            channel.basic_publish_confirm(amqp.Message(body, **properties), exchange=queue,
+                                          routing_key=queue, mandatory=True,
+                                          confirm_timeout=config.broker.connect_timeout)
+        except amqp.exceptions.NotFound:
+            returned.append(True)
         if returned:
             raise BrokerUnreachable(
                 f"celery-submit: no queue '{queue}' on {config.broker_url()}: no worker has "
@@ -191,6 +198,9 @@ def main(argv=None):
         from celeryd_pkg import config
 
         settings = config.load(args.config)
+        warning = settings.plain_remote_warning()
+        if warning:
+            print(warning, file=sys.stderr)
         outcome = submit(settings, args)
         if args.no_wait and not args.json:
             print(outcome["id"])

@@ -48,6 +48,9 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         config = load_config(args)
+        warning = config.plain_remote_warning()
+        if warning:
+            print(warning, file=sys.stderr, flush=True)
         _refuse_bad_login(config)
         from celeryd_pkg.app import make_app
 
@@ -79,14 +82,15 @@ def main(argv=None):
 
 
 def _refuse_bad_login(config):
-    """Raise AccessRefused if the broker rejects our login or vhost: Celery would log it as a
-    traceback. An unreachable broker is fine here: the worker waits for it."""
+    """Raise AccessRefused if the broker rejects our login or vhost, TlsFailed if its
+    certificate is not trusted: Celery would log a traceback and retry forever. An
+    unreachable broker is fine here: the worker waits for it."""
     from celeryd_pkg import broker
-    from celeryd_pkg.errors import AccessRefused
+    from celeryd_pkg.errors import AccessRefused, TlsFailed
 
     try:
         broker.connect(config).collect()
-    except AccessRefused:
+    except (AccessRefused, TlsFailed):
         raise
     except CelerydError:
         pass
