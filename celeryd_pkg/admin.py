@@ -4,12 +4,13 @@ import argparse
 import sys
 from urllib.parse import quote, unquote
 
-from celeryd_pkg.errors import CelerydError, UsageError, report
+from celeryd_pkg.errors import BrokerUnreachable, CelerydError, UsageError, report
+from celeryd_pkg.provision import ROLES, check_name
 
-__all__ = ["main", "parse_args", "parse_url", "mask_url", "DEFAULT_PORT"]
+__all__ = ["main", "parse_args", "parse_url", "mask_url", "join_string", "PORTS"]
 
-DEFAULT_PORT = 5672
-EXPECTED = "expected amqp://USER:PASSWORD@HOST[:PORT]/VHOST"
+PORTS = {"amqp": 5672, "amqps": 5671}
+EXPECTED = "expected amqps://USER:PASSWORD@HOST[:PORT]/VHOST[?ca=...] (or amqp://)"
 
 
 class Parser(argparse.ArgumentParser):
@@ -49,16 +50,43 @@ def parse_args(argv):
                               "installed or running (as the package's postinst runs it)")
 
     for name, text in (("provision", "create or re-check the local broker account and write "
-                                     "the credentials file; quiet on success"),
+                                     "the credentials file; quiet on success. With --for-host: "
+                                     "create an account for another host and print its join "
+                                     "string"),
                        ("rotate-password", "provision with a new password")):
         sub = commands.add_parser(name, help=text, description=text)
-        account_options(sub)
+        sub.add_argument("--user", help="broker user (default celery; with --for-host, "
+                                        "ROLE-NAME, e.g. worker-web1)")
+        sub.add_argument("--vhost", default="celery", help="broker vhost (default celery)")
         group_option(sub)
         if name == "provision":
             sub.add_argument("--rotate-password", action="store_true",
                              help="set a new password on the broker and in the file")
+            sub.add_argument("--for-host", metavar="NAME",
+                             help="make an account for host NAME and print the join string "
+                                  "for `celeryd-admin join -` there; each run issues a new "
+                                  "password")
+            sub.add_argument("--role", choices=sorted(ROLES), default="worker",
+                             help="with --for-host: worker (runs tasks, full rights on the "
+                                  "vhost) or client (submits tasks and reads its results "
+                                  "only); default worker")
+            sub.add_argument("--broker-host", metavar="ADDRESS",
+                             help="with --for-host: the name or address the other host "
+                                  "reaches this broker by (default: this host's FQDN)")
         defer_option(sub)
         config_option(sub)
+
+    text = ("create a CA and a broker certificate, and configure RabbitMQ's TLS listener "
+            "(port 5671); join strings printed afterwards carry the CA")
+    sub = commands.add_parser("tls-setup", help=text, description=text)
+    sub.add_argument("--name", action="append", default=[], metavar="HOST",
+                     help="a host name or address the broker is reached by (repeatable; "
+                          "default: this host's FQDN); each goes into the certificate")
+    sub.add_argument("--rabbitmq-dir", default="/etc/rabbitmq", metavar="DIR",
+                     help="RabbitMQ's configuration directory (default /etc/rabbitmq)")
+    sub.add_argument("--rabbitmq-group", default="rabbitmq", metavar="GROUP",
+                     help="group the broker runs as, to read its key (default rabbitmq)")
+    config_option(sub)
 
     text = "delete the broker user (and vhost if asked) and the credentials file"
     sub = commands.add_parser("deprovision", help=text, description=text)
@@ -68,11 +96,17 @@ def parse_args(argv):
     defer_option(sub)
     config_option(sub)
 
-    text = "write the credentials file from a remote broker's amqp:// URL"
+    text = ("write the credentials (and the broker's CA) from a join string, and let the "
+            "worker units reach the broker")
     sub = commands.add_parser("join", help=text, description=text)
     sub.add_argument("url", metavar="URL|-",
-                     help="amqp://USER:PASSWORD@HOST[:PORT]/VHOST, or - to read it from stdin "
-                          "(recommended: a command line is visible to every local user)")
+                     help="the join string from `celeryd-admin provision --for-host` "
+                          "(amqps://USER:PASSWORD@HOST[:PORT]/VHOST[?ca=...]), or - to read it "
+                          "from stdin (recommended: a command line is visible to every local "
+                          "user)")
+    sub.add_argument("--allow-plain", action="store_true",
+                     help="accept plain amqp:// to another host without TLS (only on a "
+                          "network you trust)")
     group_option(sub)
     config_option(sub)
 
@@ -83,9 +117,21 @@ def parse_args(argv):
     args = parser.parse_args(argv)
     if args.command == "rotate-password":
         args.command, args.rotate_password = "provision", True
+        args.for_host = args.broker_host = None
+        args.role = "worker"
+    if args.command == "provision":
+        if args.for_host:
+            check_name("--for-host", args.for_host)
+            if args.rotate_password or args.defer_if_absent:
+                raise UsageError("celeryd-admin: --for-host: not with --rotate-password or "
+                                 "--defer-if-absent (each --for-host run issues a new password)")
+            if args.user is None:
+                args.user = f"{args.role}-{args.for_host}"
+        elif args.broker_host or args.role != "worker":
+            raise UsageError("celeryd-admin: --role and --broker-host go with --for-host NAME")
+        if args.user is None:
+            args.user = "celery"
     if args.command in ("provision", "deprovision"):
-        from celeryd_pkg.provision import check_name
-
         check_name("user", args.user)
         check_name("vhost", args.vhost)
     return args
@@ -106,13 +152,14 @@ def mask_url(text):
 
 
 def parse_url(text):
-    """Given a join string amqp://USER:PASSWORD@HOST[:PORT]/VHOST (percent-encoded), return
-    {host, port, vhost, user, password}. Raise UsageError naming the wrong part, with the
-    password masked."""
+    """Given a join string amqp[s]://USER:PASSWORD@HOST[:PORT]/VHOST[?ca=CERT]
+    (percent-encoded; CERT is the broker's CA certificate as base64url DER), return
+    {host, port, vhost, user, password, tls} plus ca (PEM) when given. Raise UsageError
+    naming the wrong part, with the password masked."""
     text = text.strip()
     if not text:
         raise UsageError(f"celeryd-admin join: no URL given: {EXPECTED}")
-    shown = mask_url(text)
+    shown = mask_url(text.split("?")[0])
 
     def bad(part, why):
         raise UsageError(f"celeryd-admin join: {part}: {why} in {shown}: {EXPECTED}")
@@ -121,12 +168,10 @@ def parse_url(text):
         bad("URL", "whitespace or control characters")
     scheme, sep, rest = text.partition("://")
     if not sep:
-        bad("scheme", "no 'amqp://'")
-    if scheme.lower() == "amqps":
-        raise UsageError(f"celeryd-admin join: {shown}: amqps:// (TLS) comes in a later release; "
-                         f"use amqp:// for now")
-    if scheme.lower() != "amqp":
-        bad("scheme", f"'{scheme}' is not amqp")
+        bad("scheme", "no 'amqps://'")
+    scheme = scheme.lower()
+    if scheme not in PORTS:
+        bad("scheme", f"'{scheme}' is not amqps or amqp")
     userinfo, at, hostpart = rest.rpartition("@")
     if not at:
         bad("user", "no USER:PASSWORD@ part")
@@ -138,10 +183,11 @@ def parse_url(text):
         bad("password", "no password")
     if any(ord(c) < 32 or ord(c) == 127 for c in password):
         bad("password", "control characters")
-    if "?" in hostpart or "#" in hostpart:
-        bad("URL", "a query or fragment (not supported)")
+    if "#" in hostpart:
+        bad("URL", "a fragment (not supported)")
+    hostpart, _, query = hostpart.partition("?")
     netloc, slash, path = hostpart.partition("/")
-    host, port = _host_port(netloc, bad)
+    host, port = _host_port(netloc, bad, PORTS[scheme])
     if not slash or not path:
         bad("vhost", "no vhost (end the URL with /VHOST, e.g. /celery)")
     if "/" in path:
@@ -149,10 +195,36 @@ def parse_url(text):
     vhost = unquote(path)
     if any(ord(c) < 32 for c in vhost):
         bad("vhost", "control characters")
-    return {"host": host, "port": port, "vhost": vhost, "user": user, "password": password}
+    broker = {"host": host, "port": port, "vhost": vhost, "user": user, "password": password,
+              "tls": scheme == "amqps"}
+    for item in filter(None, query.split("&")):
+        name, _, value = item.partition("=")
+        if name != "ca":
+            bad("URL", f"an unknown parameter '{name}' (only ca=)")
+        if scheme != "amqps":
+            bad("ca", "a CA certificate with plain amqp:// (use amqps://)")
+        from celeryd_pkg import tls
+
+        try:
+            broker["ca"] = tls.decode_ca(unquote(value))
+        except ValueError:
+            bad("ca", "not a certificate (copy the whole join string)")
+    return broker
 
 
-def _host_port(netloc, bad):
+def join_string(broker, ca_file=None):
+    """Return the join string for broker {host, port, vhost, user, password, tls}: an
+    amqps:// URL carrying the CA certificate at ca_file (if any), or a plain amqp:// one."""
+    from celeryd_pkg import tls
+
+    scheme = "amqps" if broker["tls"] else "amqp"
+    host = f"[{broker['host']}]" if ":" in broker["host"] else broker["host"]
+    url = (f"{scheme}://{quote(broker['user'], safe='')}:{quote(broker['password'], safe='')}"
+           f"@{host}:{broker['port']}/{quote(broker['vhost'], safe='')}")
+    return f"{url}?ca={tls.encode_ca(ca_file)}" if ca_file else url
+
+
+def _host_port(netloc, bad, default_port):
     if netloc.startswith("["):
         host, bracket, after = netloc[1:].partition("]")
         if not bracket or (after and not after.startswith(":")):
@@ -164,7 +236,7 @@ def _host_port(netloc, bad):
     if not host or not all(c.isalnum() or c in ".-_:" for c in host):
         bad("host", "no host name or an invalid one")
     if port_text is None:
-        return host.lower(), DEFAULT_PORT
+        return host.lower(), default_port
     if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
         bad("port", f"'{port_text}' is not a port number (1-65535)")
     return host.lower(), int(port_text)
@@ -172,7 +244,8 @@ def _host_port(netloc, bad):
 
 def _display(broker):
     host = f"[{broker['host']}]" if ":" in broker["host"] else broker["host"]
-    return (f"amqp://{quote(broker['user'], safe='')}:***@{host}:{broker['port']}/"
+    scheme = "amqps" if broker.get("tls") else "amqp"
+    return (f"{scheme}://{quote(broker['user'], safe='')}:***@{host}:{broker['port']}/"
             f"{quote(broker['vhost'], safe='')}")
 
 
@@ -191,6 +264,8 @@ def _read_url(value):
 def cmd_provision(args):
     from celeryd_pkg import config, credentials, provision
 
+    if args.for_host:
+        return _provision_for_host(args)
     path = config.config_paths(args.config)[2]
     gid = credentials.resolve_group(args.group)
     ctl = provision.Rabbitmqctl()
@@ -200,6 +275,51 @@ def cmd_provision(args):
         if not args.defer_if_absent:
             raise
         print(provision.DEFER_MESSAGE, file=sys.stderr)
+    return 0
+
+
+def _provision_for_host(args):
+    """Make the account of another host and print its join string (the only place its
+    password is ever shown: pipe it straight into `celeryd-admin join -` over ssh)."""
+    import socket
+
+    from celeryd_pkg import config, provision, tls
+
+    ca = tls.ca_files(config.config_paths(args.config)[0].parent)
+    tls_on = ca.exists()
+    if not tls_on:
+        print("celeryd-admin: warning: no TLS on this broker yet (celeryd-admin tls-setup): "
+              "this join string is plain amqp://, the password will cross the network "
+              "unencrypted", file=sys.stderr)
+    password = provision.provision_remote(provision.Rabbitmqctl(), args.user, args.vhost,
+                                          args.role)
+    broker = {"host": args.broker_host or socket.getfqdn(), "port": PORTS["amqps" if tls_on
+                                                                          else "amqp"],
+              "vhost": args.vhost, "user": args.user, "password": password, "tls": tls_on}
+    print(join_string(broker, ca.cert if tls_on else None), flush=True)
+    return 0
+
+
+def cmd_tls_setup(args):
+    import socket
+    import subprocess
+    from pathlib import Path
+
+    from celeryd_pkg import config, tls
+
+    names = args.name or [socket.getfqdn()]
+    ca = tls.ca_files(config.config_paths(args.config)[0].parent)
+    tls.setup(ca, args.rabbitmq_dir, names, args.rabbitmq_group)
+    active = Path("/run/systemd/system").exists() and subprocess.run(
+        ["systemctl", "is-active", "--quiet", "rabbitmq-server"]).returncode == 0
+    if active:
+        # The listener and certificate are read at start only.
+        if subprocess.run(["systemctl", "restart", "rabbitmq-server"]).returncode:
+            raise BrokerUnreachable("celeryd-admin tls-setup: rabbitmq-server did not "
+                                    "restart: journalctl -u rabbitmq-server")
+    else:
+        print(f"celeryd-admin: TLS configured in {args.rabbitmq_dir}; it takes effect when "
+              f"rabbitmq-server next starts", file=sys.stderr)
     return 0
 
 
@@ -220,14 +340,48 @@ def cmd_deprovision(args):
 
 
 def cmd_join(args):
-    from celeryd_pkg import config, credentials
+    import os
+
+    from celeryd_pkg import config, credentials, dropin
 
     broker = parse_url(_read_url(args.url))
     gid = credentials.resolve_group(args.group)
-    path = config.config_paths(args.config)[2]
+    main_file, _, path, _ = config.config_paths(args.config)
+    ca_pem = broker.pop("ca", None)
+    if args.allow_plain:
+        broker["allow_plain"] = True
+    elif not broker["tls"] and broker["host"] not in config.LOCAL_HOSTS:
+        print(f"celeryd-admin: warning: plain amqp:// to {broker['host']}: the password and "
+              f"every task cross the network unencrypted; use an amqps:// join string "
+              f"(celeryd-admin tls-setup on the broker host) or --allow-plain",
+              file=sys.stderr)
+    # Resolving the broker for the firewall drop-in may fail: before anything is written.
+    dropin.allow_broker(broker["host"], os.environ.get("CELERYD_ROOT", "/"))
+    if ca_pem:
+        broker["ca_file"] = str(main_file.parent / "broker-ca.pem")
+        _write_public(broker["ca_file"], ca_pem)
     credentials.write(path, broker, gid)
-    print(f"joined {_display(broker)}; run celeryd-admin check")
+    print(f"joined {_display(broker)}; check with: celeryd-admin check")
     return 0
+
+
+def _write_public(path, text):
+    """Atomically write a world-readable root-owned file (the broker's CA certificate)."""
+    import os
+    from pathlib import Path
+
+    from celeryd_pkg.errors import ConfigError
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        tmp.write_text(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except OSError as error:
+        raise ConfigError(f"celeryd-admin: cannot write {path} ({error.strerror}); run as "
+                          f"root") from None
 
 
 def cmd_check(args):
@@ -237,7 +391,7 @@ def cmd_check(args):
 
 
 COMMANDS = {"provision": cmd_provision, "deprovision": cmd_deprovision, "join": cmd_join,
-            "check": cmd_check}
+            "check": cmd_check, "tls-setup": cmd_tls_setup}
 
 
 def main(argv=None):

@@ -146,34 +146,57 @@ def _login(state):
                                          f"{url}", hint, 5)) from None
         raise _Failed(_fail("login", error.message, "see the message; celeryd-admin check "
                             "again once fixed", error.exit_code)) from None
-    try:
-        connection.close()
-    except Exception:  # noqa: BLE001 - the login succeeded; closing is best effort
-        pass
-    return [Result("OK", "login", f"user '{b.user}' logged in at {b.host}:{b.port}"),
+    state["connection"] = connection
+    sock = getattr(connection.transport, "sock", None)
+    over = f" over {sock.version()}" if b.tls and hasattr(sock, "version") else ""
+    return [Result("OK", "login", f"user '{b.user}' logged in at {b.host}:{b.port}{over}"),
             Result("OK", "vhost", f"vhost '{b.vhost}' is open to user '{b.user}'")]
 
 
 def _workers(state):
-    from celeryd_pkg import broker
-    from celeryd_pkg.app import make_app
+    """Workers are the consumers of client.queue: counted with a passive declare, which any
+    account may do (a submit-only client too); named by a ping where the account may."""
+    import amqp
 
     settings = state["config"]
+    queue = settings.client.queue
+    connection = state.pop("connection")
     try:
-        app = make_app(settings)
-        try:
-            replies = app.control.ping(timeout=state["ping_timeout"])
-        finally:
-            app.close()
-    except CelerydError as error:
-        raise _Failed(_fail("workers", error.message, "fix the config", error.exit_code)) from None
+        consumers = connection.channel().queue_declare(queue, passive=True).consumer_count
+    except amqp.exceptions.NotFound:
+        consumers = None
     except Exception as error:  # noqa: BLE001 - translated, never a traceback
+        from celeryd_pkg import broker
+
         translated = broker.translate(error, settings)
         raise _Failed(_fail("workers", translated.message, "celeryd-admin check again",
                             translated.exit_code)) from None
-    names = sorted(name for reply in replies for name in reply)
-    if not names:
-        return [_fail("workers", f"no worker answered a ping within {state['ping_timeout']:g}s "
-                                 f"on vhost '{settings.broker.vhost}'",
-                      "systemctl start celery-worker (journalctl -u celery-worker)", 1)]
-    return [Result("OK", "workers", f"{len(names)} answering: {', '.join(names)}")]
+    finally:
+        try:
+            connection.close()
+        except Exception:  # noqa: BLE001 - closing is best effort
+            pass
+    if not consumers:
+        what = "no worker consumes" if consumers == 0 else "no worker has ever declared"
+        return [_fail("workers", f"{what} queue '{queue}' on vhost '{settings.broker.vhost}'",
+                      "systemctl start celery-worker on a worker host (journalctl -u "
+                      "celery-worker); client.queue names the queue", 1)]
+    names = _ping(settings, state["ping_timeout"])
+    named = f": {', '.join(names)}" if names else ""
+    return [Result("OK", "workers", f"{consumers} consuming queue '{queue}'{named}")]
+
+
+def _ping(settings, timeout):
+    """Return the node names that answer a ping, or [] when this account may not ask (a
+    submit-only client cannot publish to the workers' control exchange)."""
+    from celeryd_pkg.app import make_app
+
+    try:
+        app = make_app(settings)
+        try:
+            replies = app.control.ping(timeout=timeout)
+        finally:
+            app.close()
+    except Exception:  # noqa: BLE001 - naming the workers is a bonus; counting them sufficed
+        return []
+    return sorted(name for reply in replies for name in reply)

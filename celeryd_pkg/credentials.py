@@ -13,7 +13,8 @@ __all__ = ["MODE", "read", "render", "resolve_group", "staged", "write", "remove
 # root:GROUP 0640: the workers (group celery) read it, nobody else does.
 MODE = 0o640
 # Only these keys, in this order; the loader accepts nothing else in this file.
-KEYS = ("host", "port", "vhost", "user", "password")
+KEYS = ("host", "port", "vhost", "user", "password", "tls", "ca_file", "server_name",
+        "allow_plain")
 
 
 def resolve_group(name):

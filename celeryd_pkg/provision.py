@@ -11,6 +11,7 @@ from celeryd_pkg.errors import BrokerUnreachable, CelerydError, UsageError
 
 __all__ = [
     "RABBITMQCTL", "DEFER_MESSAGE", "NodeDown", "Rabbitmqctl", "provision", "deprovision",
+    "provision_remote", "ROLES",
     "new_password", "check_name",
 ]
 
@@ -20,6 +21,11 @@ RABBITMQCTL = "/usr/sbin/rabbitmqctl"
 DEFER_MESSAGE = ("celeryd: no running RabbitMQ broker here; to finish setup run: "
                  "celeryd-admin provision (or celeryd-admin join for a remote broker)")
 FULL = (".*", ".*", ".*")
+# A submit-only client (configure, write, read): it may publish to task exchanges (named
+# after their queues) but not to the default exchange, the workers' control (pidbox) and
+# event exchanges or amq.*; it reads only its own direct reply-to; it declares nothing.
+CLIENT = ("^$", r"^(?!amq\.|celeryev$|.*pidbox$).+$", r"^amq\.rabbitmq\.reply-to$")
+ROLES = {"worker": FULL, "client": CLIENT}
 # rabbitmqctl's exit codes (sysexits.h), measured with RabbitMQ 3.10.
 EX_DATAERR, EX_NOUSER = 65, 67
 # What rabbitmqctl says when there is no node to talk to, or the node's rabbit app is stopped.
@@ -127,8 +133,8 @@ class Rabbitmqctl:
         """Delete user; return False if it did not exist."""
         return self.run("delete_user", user, ok=(0, EX_NOUSER)).returncode == 0
 
-    def set_permissions(self, vhost, user):
-        self.run("set_permissions", "-p", vhost, user, *FULL)
+    def set_permissions(self, vhost, user, permissions=FULL):
+        self.run("set_permissions", "-p", vhost, user, *permissions)
 
 
 def provision(ctl, path, user, vhost, gid, rotate=False):
@@ -174,6 +180,24 @@ def provision(ctl, path, user, vhost, gid, rotate=False):
     for change in changes:
         logger.info("celeryd-admin: %s", change)
     return changes
+
+
+def provision_remote(ctl, user, vhost, role):
+    """Make an account for another host: user with a fresh password and the role's
+    permissions (ROLES) on vhost only. Return the password, for the join string: the broker
+    host keeps no copy, so every call issues a new one (and the old join string stops
+    working)."""
+    check_name("user", user)
+    check_name("vhost", vhost)
+    if vhost not in ctl.vhosts():
+        ctl.add_vhost(vhost)
+    password = new_password()
+    if user in ctl.users():
+        ctl.change_password(user, password)
+    else:
+        ctl.add_user(user, password)
+    ctl.set_permissions(vhost, user, ROLES[role])
+    return password
 
 
 def deprovision(ctl, path, user, vhost, delete_vhost=False):

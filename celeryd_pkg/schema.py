@@ -79,7 +79,7 @@ SCHEMA = {
 
 # The only keys the credentials file may set: where the broker is and how to log in.
 CREDENTIAL_KEYS = {"broker": {"host", "port", "vhost", "user", "password", "tls", "ca_file",
-                              "server_name"}}
+                              "server_name", "allow_plain"}}
 PORTS = {False: 5672, True: 5671}  # AMQP, AMQPS
 
 

@@ -20,9 +20,12 @@ def free_port():
 class RabbitMQ:
     """One rabbitmq-server with its own node name, ports, data, cookie and epmd."""
 
-    def __init__(self, base):
+    def __init__(self, base, tls_dir=None):
+        """tls_dir: a directory with ca.pem, server.pem and server.key (as celeryd-admin
+        tls-setup writes them) to open a TLS listener on tls_port too."""
         self.base = Path(base)
         self.port = free_port()
+        self.tls_port = free_port() if tls_dir else None
         self.dist_port = free_port()
         self.epmd_port = free_port()
         self.node = f"test-{self.port}@localhost"
@@ -33,8 +36,15 @@ class RabbitMQ:
         cookie = home / ".erlang.cookie"
         cookie.write_text(secrets.token_hex(16))
         cookie.chmod(0o400)
-        (self.base / "rabbitmq.conf").write_text(
-            "loopback_users = none\nlisteners.tcp.default = 127.0.0.1:%d\n" % self.port)
+        conf = "loopback_users = none\nlisteners.tcp.default = 127.0.0.1:%d\n" % self.port
+        if tls_dir:
+            conf += (f"listeners.ssl.default = 127.0.0.1:{self.tls_port}\n"
+                     f"ssl_options.cacertfile = {tls_dir}/ca.pem\n"
+                     f"ssl_options.certfile = {tls_dir}/server.pem\n"
+                     f"ssl_options.keyfile = {tls_dir}/server.key\n"
+                     "ssl_options.verify = verify_none\n"
+                     "ssl_options.fail_if_no_peer_cert = false\n")
+        (self.base / "rabbitmq.conf").write_text(conf)
         (self.base / "enabled_plugins").write_text("[].\n")
         self.env = {
             "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",

@@ -188,7 +188,7 @@ def test_join_writes_credentials_that_log_in_and_prints_no_secret(
                    input=url + "\n")
     assert result.returncode == 0, result.stderr
     assert result.stdout == (f"joined amqp://{account['user']}:***@127.0.0.1:{rabbitmq.port}/"
-                             f"{account['vhost']}; run celeryd-admin check\n")
+                             f"{account['vhost']}; check with: celeryd-admin check\n")
     assert account["password"] not in result.stdout + result.stderr
     login(etc)
 
@@ -208,7 +208,7 @@ def test_check_is_all_ok_with_a_provisioned_account_and_a_running_worker(
     code, lines = check(rabbitmq, etc)
     assert code == 0, lines
     assert all(line.startswith("OK   ") for line in lines)
-    assert lines[-1].startswith("OK   workers: 1 answering: ")
+    assert lines[-1].startswith("OK   workers: 1 consuming queue 'celery': celery@")
     assert "@" in lines[-1]
     assert stored_password(etc) not in "\n".join(lines)
 
@@ -217,8 +217,17 @@ def test_check_without_workers_fails_workers_exit_1(rabbitmq, etc, names):
     provision(rabbitmq, etc, names)
     code, lines = check(rabbitmq, etc)
     assert code == 1
-    assert lines[-1].startswith("FAIL workers: no worker answered a ping")
-    assert lines[-1].endswith("— systemctl start celery-worker (journalctl -u celery-worker)")
+    assert lines[-1].startswith(f"FAIL workers: no worker has ever declared queue 'celery' "
+                                f"on vhost '{names['vhost']}' — systemctl start celery-worker")
+
+
+def test_check_after_the_workers_stopped_fails_workers_exit_1(
+        rabbitmq, etc, names, start_worker):
+    provision(rabbitmq, etc, names)
+    start_worker(etc).stop()
+    code, lines = check(rabbitmq, etc)
+    assert code == 1
+    assert lines[-1].startswith("FAIL workers: no worker consumes queue 'celery'")
 
 
 def test_check_with_the_broker_port_closed_fails_tcp_exit_4(rabbitmq, tmp_path, names):

@@ -7,7 +7,8 @@ import stat
 import pytest
 
 from celeryd_pkg import admin as module
-from celeryd_pkg import check, credentials, provision
+from celeryd_pkg import check, credentials, dropin, provision, tls
+from celeryd_pkg import config as config_module
 from celeryd_pkg.errors import UsageError
 from tests.unit.test_provision import FakeCtl
 
@@ -107,7 +108,11 @@ def test_parse_url_accepts_join_strings(url, expected):
     ("amqp://u:SECRET@h", "vhost"),
     ("amqp://u:SECRET@h/", "vhost"),
     ("amqp://u:SECRET@h/a/b", "vhost"),
-    ("amqp://u:SECRET@h/v?heartbeat=5", "query"),
+    ("amqp://u:SECRET@h/v?heartbeat=5", "parameter"),
+    ("amqp://u:SECRET@h/v#x", "fragment"),
+    ("amqp://u:SECRET@h/v?ca=MIIB", "amqps"),
+    ("amqps://u:SECRET@h/v?ca=bm90IGEgY2VydGlmaWNhdGU", "ca"),
+    ("amqps://u:SECRET@h/v?ca=%%%", "ca"),
     ("amqp://u:SEC RET@h/v", "whitespace"),
     ("amqp://u:SECRET@h!/v", "host"),
     ("amqp://u:SEC%0aRET@h/v", "password"),
@@ -121,10 +126,24 @@ def test_parse_url_rejects_bad_join_strings_naming_the_part_and_masking_the_pass
     assert "SECRET" not in message and "SEC RET" not in message
 
 
-def test_amqps_is_for_a_later_release():
-    with pytest.raises(UsageError) as error:
-        module.parse_url("amqps://u:SECRET@h/v")
-    assert "later release" in error.value.message and "SECRET" not in error.value.message
+def test_amqps_join_string_means_tls_on_port_5671_by_default():
+    broker = module.parse_url("amqps://u:pw@broker.example.org/celery")
+    assert (broker["tls"], broker["port"], "ca" in broker) == (True, 5671, False)
+    assert module.parse_url("amqp://u:pw@h/v")["tls"] is False
+
+
+def test_join_string_round_trips_with_the_ca_certificate(tmp_path):
+    ca = tls.ca_files(tmp_path / "etc")
+    tls.setup(ca, tmp_path / "rabbitmq", ["broker.example.org"], group="root")
+    broker = {"host": "broker.example.org", "port": 5671, "vhost": "v h", "user": "worker-a",
+              "password": "p/w:@%?&=", "tls": True}
+    text = module.join_string(broker, ca.cert)
+    assert text.startswith("amqps://worker-a:p%2Fw%3A%40%25%3F%26%3D@broker.example.org:5671/"
+                           "v%20h?ca=")
+    assert not any(c.isspace() for c in text)
+    parsed = module.parse_url(text)
+    assert parsed.pop("ca") == ca.cert.read_text()
+    assert parsed == broker
 
 
 @pytest.mark.parametrize("text, shown", [
@@ -147,13 +166,116 @@ def test_join_from_stdin_writes_every_broker_key_and_prints_no_secret(
     url = f"amqp://celery:{SECRET}%2F@broker.example.org/celery\n"
     code, out, err = run(capsys, "join", "-", "--config", str(main), "--group", "root",
                          stdin=url, monkeypatch=monkeypatch)
-    assert (code, err) == (0, "")
+    assert code == 0
+    assert err.startswith("celeryd-admin: warning: plain amqp:// to broker.example.org")
+    assert err.count("\n") == 1 and SECRET not in err
     assert out == "joined amqp://celery:***@broker.example.org:5672/celery; " \
-                  "run celeryd-admin check\n"
+                  "check with: celeryd-admin check\n"
     assert credentials.read(creds) == {"host": "broker.example.org", "port": 5672,
                                        "vhost": "celery", "user": "celery",
-                                       "password": SECRET + "/"}
+                                       "password": SECRET + "/", "tls": False}
     assert stat.S_IMODE(creds.stat().st_mode) == 0o640
+
+
+def test_join_allow_plain_is_silent_and_remembered(capsys, monkeypatch, etc):
+    main, creds = etc
+    code, out, err = run(capsys, "join", "-", "--allow-plain", "--config", str(main),
+                         "--group", "root", stdin=f"amqp://u:{SECRET}@10.9.8.7/v",
+                         monkeypatch=monkeypatch)
+    assert (code, err) == (0, "")
+    assert credentials.read(creds)["allow_plain"] is True
+    assert config_module.load(str(main), env={}).plain_remote_warning() is None
+
+
+def test_join_amqps_writes_the_ca_beside_the_config_and_turns_tls_on(capsys, monkeypatch, etc,
+                                                                      tmp_path):
+    main, creds = etc
+    ca = tls.ca_files(tmp_path / "broker-etc")
+    tls.setup(ca, tmp_path / "rabbitmq", ["10.9.8.7"], group="root")
+    text = module.join_string({"host": "10.9.8.7", "port": 5671, "vhost": "celery",
+                               "user": "worker-a", "password": SECRET, "tls": True}, ca.cert)
+    code, out, err = run(capsys, "join", "-", "--config", str(main), "--group", "root",
+                         stdin=text, monkeypatch=monkeypatch)
+    assert (code, err) == (0, "")
+    assert out.startswith("joined amqps://worker-a:***@10.9.8.7:5671/celery;")
+    written = main.parent / "broker-ca.pem"
+    assert written.read_text() == ca.cert.read_text()
+    assert stat.S_IMODE(written.stat().st_mode) == 0o644
+    loaded = config_module.load(str(main), env={})
+    assert (loaded.broker.tls, loaded.broker.ca_file, loaded.broker.port) == (
+        True, str(written), 5671)
+    assert loaded.broker_url() == "amqps://worker-a:***@10.9.8.7:5671/celery"
+    assert loaded.plain_remote_warning() is None
+
+
+def test_join_lets_installed_worker_units_reach_the_broker(capsys, monkeypatch, etc, tmp_path):
+    main, creds = etc
+    root = tmp_path / "root"
+    (root / "lib/systemd/system").mkdir(parents=True)
+    (root / "lib/systemd/system/celery-worker.service").write_text("[Service]\n")
+    (root / "lib/systemd/system/celery-worker@.service").write_text("[Service]\n")
+    monkeypatch.setenv("CELERYD_ROOT", str(root))
+    code, out, err = run(capsys, "join", "-", "--allow-plain", "--config", str(main),
+                         "--group", "root", stdin=f"amqp://u:{SECRET}@10.9.8.7/v",
+                         monkeypatch=monkeypatch)
+    assert code == 0, err
+    for unit in dropin.UNITS:
+        text = (root / "etc/systemd/system" / f"{unit}.d" / dropin.DROPIN).read_text()
+        assert "[Service]\nIPAddressAllow=10.9.8.7\n" in text
+
+
+def test_join_to_an_unresolvable_host_exits_4_and_writes_nothing(capsys, monkeypatch, etc,
+                                                                 tmp_path):
+    main, creds = etc
+    root = tmp_path / "root"
+    (root / "lib/systemd/system").mkdir(parents=True)
+    (root / "lib/systemd/system/celery-worker.service").write_text("[Service]\n")
+    monkeypatch.setenv("CELERYD_ROOT", str(root))
+    code, out, err = run(capsys, "join", "-", "--allow-plain", "--config", str(main),
+                         "--group", "root", stdin=f"amqp://u:{SECRET}@no-such-host.invalid/v",
+                         monkeypatch=monkeypatch)
+    assert code == 4 and "no-such-host.invalid" in err and SECRET not in err
+    assert not creds.exists() and not (root / "etc").exists()
+
+
+def test_provision_for_host_prints_a_join_string_with_a_fresh_password(capsys, fake, etc):
+    main, creds = etc
+    code, out, err = run(capsys, "provision", "--for-host", "web1", "--role", "client",
+                         "--broker-host", "10.1.1.1", "--config", str(main))
+    assert code == 0
+    assert "no TLS on this broker yet" in err
+    broker = module.parse_url(out)
+    assert (broker["user"], broker["host"], broker["port"], broker["tls"]) == (
+        "client-web1", "10.1.1.1", 5672, False)
+    state = fake.state()
+    assert state["users"]["client-web1"] == broker["password"]
+    assert state["perms"]["celery\tclient-web1"] == list(provision.CLIENT)
+    assert not creds.exists()  # the broker host's own credentials are not touched
+    run(capsys, "provision", "--for-host", "web1", "--config", str(main))
+    assert fake.state()["perms"]["celery\tworker-web1"] == list(provision.FULL)
+
+
+def test_provision_for_host_with_tls_set_up_gives_amqps_with_the_ca(capsys, fake, etc):
+    main, creds = etc
+    ca = tls.ca_files(main.parent)
+    tls.setup(ca, main.parent / "rabbitmq", ["10.1.1.1"], group="root")
+    code, out, err = run(capsys, "provision", "--for-host", "web1", "--broker-host",
+                         "10.1.1.1", "--config", str(main))
+    assert (code, err) == (0, "")
+    broker = module.parse_url(out)
+    assert (broker["tls"], broker["port"], broker["ca"]) == (True, 5671, ca.cert.read_text())
+
+
+@pytest.mark.parametrize("argv", [
+    ["provision", "--role", "client"], ["provision", "--broker-host", "h"],
+    ["provision", "--for-host", "a", "--rotate-password"], ["provision", "--for-host", "-x"],
+    ["provision", "--for-host", "a", "--role", "admin"], ["tls-setup", "--name", "a b"],
+])
+def test_for_host_options_are_checked(capsys, argv, fake, etc):
+    main, creds = etc
+    code, out, err = run(capsys, *argv, "--config", str(main))
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert fake.calls() == []
 
 
 def test_join_with_a_bad_url_exits_2_and_writes_nothing(capsys, etc):

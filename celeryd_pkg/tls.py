@@ -1,0 +1,170 @@
+"""A small CA of our own and RabbitMQ's TLS listener, for `celeryd-admin tls-setup`.
+
+The broker host keeps the CA key; workers and clients get only the CA certificate, inside
+their join string. openssl does the cryptography (no Python crypto library needed).
+"""
+
+import base64
+import contextlib
+import grp
+import ipaddress
+import os
+import shutil
+import ssl
+import subprocess
+import tempfile
+from pathlib import Path
+
+from celeryd_pkg.errors import CelerydError, ConfigError, UsageError
+
+__all__ = ["TLS_PORT", "CaFiles", "ca_files", "setup", "encode_ca", "decode_ca", "RABBITMQ_CONF"]
+
+TLS_PORT = 5671
+CA_DAYS, SERVER_DAYS = 3650, 825
+CURVE = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+RABBITMQ_CONF = """\
+# Written by celeryd-admin tls-setup: TLS (amqps) for workers and clients on other hosts.
+# The plain listener (5672) stays for this host's own worker; remote ones use this one.
+listeners.ssl.default = {port}
+ssl_options.cacertfile = {dir}/ca.pem
+ssl_options.certfile = {dir}/server.pem
+ssl_options.keyfile = {dir}/server.key
+ssl_options.verify = verify_none
+ssl_options.fail_if_no_peer_cert = false
+"""
+
+
+class CaFiles:
+    """Where the CA lives on the broker host: DIR/ca.pem (public) and DIR/ca.key (root 0600)."""
+
+    def __init__(self, directory):
+        self.dir = Path(directory)
+        self.cert, self.key = self.dir / "ca.pem", self.dir / "ca.key"
+
+    def exists(self):
+        return self.cert.exists()
+
+
+def ca_files(etc_dir):
+    """Return the CaFiles of the celeryd config directory etc_dir."""
+    return CaFiles(Path(etc_dir) / "tls")
+
+
+def setup(ca, rabbitmq_dir, names, group="rabbitmq", port=TLS_PORT, openssl="openssl"):
+    """Create the CA (kept if present), a broker certificate for names (host names or IP
+    addresses, all in its subjectAltName) signed by it, and RabbitMQ's conf.d file for a TLS
+    listener on port. Return the list of files written."""
+    if not names:
+        raise UsageError("celeryd-admin tls-setup: give at least one --name (the host name or "
+                         "address workers and clients will use to reach the broker)")
+    san = ",".join(_san_entry(name) for name in names)
+    try:
+        gid = grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise ConfigError(f"celeryd-admin tls-setup: group '{group}' does not exist: install "
+                          f"rabbitmq-server first (or pass --rabbitmq-group)") from None
+    rabbitmq_dir = Path(rabbitmq_dir)
+    out, conf = rabbitmq_dir / "tls", rabbitmq_dir / "conf.d" / "50-celeryd-tls.conf"
+    written = []
+    ca.dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+    if not ca.exists():
+        with _umask(0o077):
+            _openssl(openssl, "req", "-x509", *CURVE, "-keyout", ca.key, "-out", ca.cert,
+                     "-days", str(CA_DAYS), "-subj", f"/CN=celeryd CA {names[0]}",
+                     "-addext", "basicConstraints=critical,CA:TRUE",
+                     "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+        os.chmod(ca.cert, 0o644)
+        written += [str(ca.cert), str(ca.key)]
+    for directory in (out, conf.parent):
+        directory.mkdir(mode=0o755, parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="celeryd-tls.") as tmp:
+        tmp = Path(tmp)
+        extensions = tmp / "server.ext"
+        extensions.write_text(
+            f"subjectAltName={san}\nbasicConstraints=critical,CA:FALSE\n"
+            f"keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n"
+            f"subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n")
+        _openssl(openssl, "req", "-new", *CURVE, "-keyout", tmp / "server.key",
+                 "-out", tmp / "server.csr", "-subj", f"/CN={names[0]}")
+        _openssl(openssl, "x509", "-req", "-in", tmp / "server.csr", "-CA", ca.cert,
+                 "-CAkey", ca.key, "-set_serial", str(int.from_bytes(os.urandom(8), "big")),
+                 "-days", str(SERVER_DAYS), "-extfile", extensions, "-out", tmp / "server.pem")
+        # The broker (group rabbitmq) reads its key; nobody else does.
+        _install(tmp / "server.key", out / "server.key", 0o640, gid)
+        _install(tmp / "server.pem", out / "server.pem", 0o644)
+        _install(ca.cert, out / "ca.pem", 0o644)
+    written += [str(out / name) for name in ("server.key", "server.pem", "ca.pem")]
+    conf_text = RABBITMQ_CONF.format(port=port, dir=out)
+    tmp_conf = conf.with_name(f".{conf.name}.tmp")
+    tmp_conf.write_text(conf_text)
+    os.chmod(tmp_conf, 0o644)
+    os.replace(tmp_conf, conf)
+    written.append(str(conf))
+    return written
+
+
+def encode_ca(path):
+    """Return the CA certificate at path as base64url DER, for a join string."""
+    der = ssl.PEM_cert_to_DER_cert(Path(path).read_text())
+    return base64.urlsafe_b64encode(der).decode().rstrip("=")
+
+
+def decode_ca(text):
+    """Return the PEM certificate carried by a join string's base64url DER. Raise ValueError
+    if it is not a certificate."""
+    der = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    if len(der) < 64 or der[0] != 0x30:  # an X.509 certificate is a DER SEQUENCE
+        raise ValueError("not a DER certificate")
+    pem = ssl.DER_cert_to_PEM_cert(der)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        context.load_verify_locations(cadata=pem)
+    except ssl.SSLError as error:
+        raise ValueError(str(error)) from None
+    return pem
+
+
+def _san_entry(name):
+    try:
+        return f"IP:{ipaddress.ip_address(name)}"
+    except ValueError:
+        pass
+    if not name or not all(c.isalnum() or c in ".-" for c in name):
+        raise UsageError(f"celeryd-admin tls-setup: --name {name!r}: expected a host name or "
+                         f"an IP address")
+    return f"DNS:{name}"
+
+
+def _openssl(openssl, *args):
+    try:
+        result = subprocess.run([openssl, *map(str, args)], capture_output=True, text=True,
+                                timeout=60, stdin=subprocess.DEVNULL)
+    except FileNotFoundError:
+        raise CelerydError("celeryd-admin tls-setup: openssl not found: apt install "
+                           "openssl") from None
+    if result.returncode:
+        detail = (result.stderr.strip().splitlines() or ["no message"])[-1]
+        raise CelerydError(f"celeryd-admin tls-setup: openssl {args[0]} failed: {detail}")
+
+
+def _install(source, target, mode, gid=None):
+    """Copy source over target atomically with mode (and group gid), owner root."""
+    tmp = target.with_name(f".{target.name}.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f, open(source, "rb") as src:
+        if gid is not None:
+            os.fchown(f.fileno(), 0, gid)
+        os.fchmod(f.fileno(), mode)
+        shutil.copyfileobj(src, f)
+    os.replace(tmp, target)
+
+
+@contextlib.contextmanager
+def _umask(mask):
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
