@@ -25,6 +25,8 @@ import time
 
 import pytest
 
+import celeryd_pkg
+
 from tests.system import harness
 from tests.system.conftest import REPO, _print_on_failure
 from tests.system.test_install import assert_active
@@ -32,7 +34,8 @@ from tests.system.test_install import assert_active
 CREDENTIALS = "/etc/celeryd/credentials"
 CONFIG = "/etc/celeryd/celeryd.yaml"
 UPGRADE_DIR = "/root/upgrade"
-UPGRADE_VERSION = "0.1.0+systest1"
+VERSION = celeryd_pkg.__version__  # = debian/changelog's (tests/unit/test_packaging.py)
+UPGRADE_VERSION = f"{VERSION}+systest1"
 HINT = ("celeryd: no running RabbitMQ broker here; to finish setup run: celeryd-admin provision "
         "(or celeryd-admin join for a remote broker)")
 
@@ -40,7 +43,7 @@ HINT = ("celeryd: no running RabbitMQ broker here; to finish setup run: celeryd-
 @pytest.fixture(scope="session")
 def upgrade_debs(debs):
     """The same packages rebuilt with a higher version, to upgrade to."""
-    source = os.path.join(REPO, "build", "src", "celeryd-0.1.0")
+    source = os.path.join(REPO, "build", "src", f"celeryd-{VERSION}")
     target = os.path.join(REPO, "build", "upgrade", f"celeryd-{UPGRADE_VERSION}")
     shutil.rmtree(os.path.dirname(target), ignore_errors=True)
     shutil.copytree(source, target, ignore=shutil.ignore_patterns(".debhelper", "files"))

@@ -15,6 +15,8 @@ import subprocess
 
 import pytest
 
+import celeryd_pkg
+
 from tests.system import harness
 from tests.system.conftest import REPO
 
@@ -36,6 +38,6 @@ def test_stdeb_package_installs_and_runs(prerequisites, suite, stdeb_deb):
         assert status.stdout == "install ok installed"
         imported = machine.run(["python3", "-c", "import celeryd_pkg.app, celeryd_pkg.worker; "
                                 "print(celeryd_pkg.__version__)"])
-        assert imported.stdout.strip() == "0.1.0"
+        assert imported.stdout.strip() == celeryd_pkg.__version__
         usage = machine.run(["celery-submit", "add", "--timeout", "x"], check=False)
         assert usage.returncode == 2 and "invalid float value: 'x'" in usage.stderr

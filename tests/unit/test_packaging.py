@@ -217,12 +217,34 @@ def test_system_user_comes_from_sysusers_with_home_in_var_lib_and_no_shell():
     assert lines == ['u celery - "celeryd worker" /var/lib/celeryd /usr/sbin/nologin']
 
 
+def test_a_client_only_host_gets_the_group_celery_for_its_credentials_file():
+    assert (ROOT / "debian" / "celery-submit.sysusers").read_text() == "g celery -\n"
+
+
+def test_admin_command_moved_to_the_shared_package_with_breaks_and_replaces():
+    fields = binary_packages()["python3-celeryd-pkg"]
+    assert fields["Breaks"].strip() == fields["Replaces"].strip() == "celeryd (<< 0.2.0~),"
+
+
+def test_one_version_everywhere():
+    import celeryd_pkg
+
+    setup = configparser.ConfigParser()
+    setup.read(ROOT / "setup.cfg")
+    changelog = (ROOT / "debian" / "changelog").read_text().split("\n", 1)[0]
+    assert changelog.startswith(f"celeryd ({celeryd_pkg.__version__}) ")
+    assert setup["metadata"]["version"] == celeryd_pkg.__version__
+    for page in ("man/celery-submit.1", "man/celeryd-admin.8"):
+        assert f'"celeryd {celeryd_pkg.__version__}"' in (ROOT / page).read_text()
+
+
 def test_commands_go_to_their_packages_and_the_worker_entry_point_is_dropped():
     install = {name: (ROOT / "debian" / f"{name}.install").read_text().splitlines()
                for name in DESIGN_DEPENDS}
 
     assert "usr/bin/celery-submit" in install["celery-submit"]
-    assert "usr/bin/celeryd-admin usr/sbin/" in install["celeryd"]
+    # Every host joins or checks: the admin command comes with the shared package.
+    assert "usr/bin/celeryd-admin usr/sbin/" in install["python3-celeryd-pkg"]
     assert "conf/celeryd.yaml etc/celeryd/" in install["celeryd"]
     assert "usr/bin/celeryd-worker" in (ROOT / "debian" / "not-installed").read_text()
     assert (ROOT / "debian" / "celeryd.dirs").read_text().split() == ["etc/celeryd/conf.d"]
@@ -249,7 +271,8 @@ def test_man_pages_are_installed_for_both_commands():
     assert (ROOT / "debian" / "celery-submit.manpages").read_text().split() == [
         "man/celery-submit.1"
     ]
-    assert (ROOT / "debian" / "celeryd.manpages").read_text().split() == ["man/celeryd-admin.8"]
+    assert (ROOT / "debian" / "python3-celeryd-pkg.manpages").read_text().split() == [
+        "man/celeryd-admin.8"]
     for page in ("man/celery-submit.1", "man/celeryd-admin.8"):
         assert (ROOT / page).read_text().startswith(".TH ")
 
