@@ -1,0 +1,216 @@
+"""Several machines: one broker host, two worker hosts and a client host, over TLS.
+
+    Given four booted Debian 13 machines on a private bridge this test creates
+          (broker 10.231.7.1, worker-a .2, worker-b .3, client .4)
+    When  the broker host runs `celeryd-admin tls-setup` and `provision --for-host` for each,
+          and each host runs `celeryd-admin join -` with its join string
+    Then  `celeryd-admin check` is OK at every step on the client, over TLS
+    And   200 tasks submitted from the client run on both workers, every one exactly once,
+          though worker-a is stopped with tasks in flight, and the client gets all 200 results
+
+The steps share the four machines (module scope) and run in file order, as in README.md's
+"Several machines" section, whose commands they are.
+"""
+
+import collections
+import json
+import re
+import time
+
+import pytest
+
+from tests.system import harness
+from tests.system.conftest import _print_on_failure
+
+SUITE = "trixie"
+SUBNET = "10.231.7"
+HOSTS = {"broker": 1, "worker-a": 2, "worker-b": 3, "client": 4}
+BROKER_IP = f"{SUBNET}.{HOSTS['broker']}"
+PACKAGES = {  # what each host installs from /root/debs (plus the archive's dependencies)
+    "broker": ["python3-celeryd-pkg", "rabbitmq-server", "openssl"],
+    "worker-a": ["python3-celeryd-pkg", "celeryd"],
+    "worker-b": ["python3-celeryd-pkg", "celeryd"],
+    "client": ["python3-celeryd-pkg", "celery-submit"],
+}
+TASKS, TASK_SECONDS = 200, 0.5
+OUT = "/root/results"
+joined = {}  # join strings, from the broker host to the others
+
+
+@pytest.fixture(scope="module")
+def hosts(prerequisites, debs):
+    """The four booted machines on a bridge of their own: {role: Container}."""
+    with harness.Bridge(subnet=SUBNET) as bridge:
+        machines = {}
+        try:
+            for role, number in HOSTS.items():
+                machine = harness.Container(SUITE, network_bridge=bridge.name,
+                                            address=bridge.address(number))
+                machines[role] = machine
+                machine.prepare(debs, ["rabbitmq-server", "openssl"])
+            for machine in machines.values():
+                machine.boot()
+            yield machines
+        finally:
+            for machine in machines.values():
+                machine.stop()
+
+
+@pytest.fixture(autouse=True)
+def journal_on_failure(request, hosts):
+    yield
+    for machine in hosts.values():
+        _print_on_failure(request, machine)
+
+
+def install(machine, role):
+    """apt-get install the role's packages, the local debs by path, without recommends."""
+    local = {"python3-celeryd-pkg", "celeryd", "celery-submit"}
+    names = [f"./{name}_*.deb" if name in local else name for name in PACKAGES[role]]
+    machine.run(f"cd {machine.deb_dir} && apt-get install -y -q --no-install-recommends "
+                f"{' '.join(names)}", timeout=900)
+
+
+def admin(machine, *args, input=None):
+    result = machine.run(["celeryd-admin", *args], check=False, timeout=300, input=input)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def worker_log(machine):
+    return machine.journal(unit="celery-worker")
+
+
+def succeeded(log):
+    return re.findall(r"Task celeryd\.sleep\[([0-9a-f-]+)\] succeeded", log)
+
+
+def test_broker_host_sets_up_tls_and_issues_a_join_string_per_host(hosts):
+    broker = hosts["broker"]
+    install(broker, "broker")
+    admin(broker, "tls-setup", "--name", BROKER_IP)
+    # tls-setup restarted RabbitMQ with its TLS listener: the port answers a TLS handshake.
+    handshake = broker.run(["python3", "-c", f"import socket, ssl; s = ssl.create_default_context("
+                            f"cafile='/etc/celeryd/tls/ca.pem').wrap_socket(socket.create_"
+                            f"connection(('{BROKER_IP}', 5671), 10), server_hostname="
+                            f"'{BROKER_IP}'); print(s.version())"])
+    assert handshake.stdout == "TLSv1.3\n"
+    for host, role in (("worker-a", "worker"), ("worker-b", "worker"), ("client", "client")):
+        result = admin(broker, "provision", "--for-host", host, "--role", role,
+                       "--broker-host", BROKER_IP)
+        assert result.stderr == ""
+        assert result.stdout.startswith(f"amqps://{role}-{host}:")
+        assert f"@{BROKER_IP}:5671/celery?ca=" in result.stdout
+        joined[host] = result.stdout
+    users = broker.run(["rabbitmqctl", "-q", "list_users"]).stdout
+    assert {"worker-worker-a", "worker-worker-b", "client-client"} <= set(users.split())
+    assert "guest" not in broker.run(["rabbitmqctl", "-q", "list_permissions", "-p",
+                                      "celery"]).stdout
+
+
+@pytest.mark.parametrize("host", ["worker-a", "worker-b"])
+def test_worker_host_joins_and_its_worker_consumes_over_tls(hosts, host):
+    machine = hosts[host]
+    install(machine, host)
+    result = admin(machine, "join", "-", input=joined[host])
+    assert result.stderr == ""
+    assert result.stdout.startswith(f"joined amqps://worker-{host}:***@{BROKER_IP}:5671/celery")
+    password = machine.run(["sed", "-n", "s/^  password: //p", "/etc/celeryd/credentials"])
+    assert len(password.stdout.strip()) >= 32 and password.stdout.strip() in joined[host]
+    assert machine.run(["stat", "-c", "%U:%G %a", "/etc/celeryd/credentials"]).stdout == \
+        "root:celery 640\n"
+    allowed = machine.run(["systemctl", "show", "-p", "IPAddressAllow", "--value",
+                           "celery-worker"]).stdout
+    assert BROKER_IP in allowed, allowed
+    machine.run(["systemctl", "start", "celery-worker"], timeout=180)
+    status = machine.run(["systemctl", "show", "-p", "StatusText", "--value",
+                          "celery-worker"]).stdout
+    assert status.startswith(f"Consuming from celery on amqps://worker-{host}:***@{BROKER_IP}"
+                             f":5671/celery; concurrency 2"), status
+    assert "warning" not in worker_log(machine)
+
+
+def test_client_host_joins_and_check_is_ok_at_every_step_over_tls(hosts):
+    client = hosts["client"]
+    install(client, "client")
+    admin(client, "join", "-", input=joined["client"])
+    check = admin(client, "check")
+    lines = check.stdout.splitlines()
+    assert [line[:5] for line in lines] == ["OK   "] * 6, check.stdout
+    assert f"logged in at {BROKER_IP}:5671 over TLSv1.3" in check.stdout
+    assert "OK   workers: 2 consuming queue 'celery'" in check.stdout
+    add = client.run(["celery-submit", "add", "4", "4"], timeout=120)
+    assert (add.stdout, add.stderr) == ("8\n", "")
+
+
+def test_200_tasks_run_on_both_workers_exactly_once_though_worker_a_stops_mid_run(hosts):
+    client, worker_a, worker_b = hosts["client"], hosts["worker-a"], hosts["worker-b"]
+    # Each task sleeps 0.5 s plus a unique micro-offset, which it returns: result i is
+    # recognisably task i's. 100 celery-submit processes at a time, each waiting for its own.
+    script = (f"mkdir -p {OUT} && seq -w 1 {TASKS} | xargs -P 100 -I@ sh -c "
+              f"'celery-submit sleep {TASK_SECONDS}00@ --json --timeout 600 "
+              f">{OUT}/@.json 2>{OUT}/@.err; echo $? >{OUT}/@.rc'")
+    client.run(["systemd-run", "--unit=submit-200", "--", "sh", "-c", script])
+    started = time.monotonic()
+
+    def done_on(machine):
+        return len(succeeded(worker_log(machine)))
+
+    deadline = started + 120
+    while done_on(worker_a) < 40:
+        assert time.monotonic() < deadline, "worker-a ran fewer than 40 tasks in 120 s"
+        time.sleep(0.5)
+    in_flight = worker_a.run(["systemctl", "show", "-p", "StatusText", "--value",
+                              "celery-worker"]).stdout
+    worker_a.run(["systemctl", "stop", "celery-worker"], timeout=660)
+    stopped_at = time.monotonic() - started
+    assert worker_a.run(["systemctl", "is-active", "celery-worker"], check=False).stdout \
+        == "inactive\n"
+
+    def finished():
+        count = client.run(f"ls {OUT} | grep -c '\\.rc$' || true").stdout.strip()
+        return int(count or 0) == TASKS
+
+    deadline = time.monotonic() + 600
+    while not finished():
+        assert time.monotonic() < deadline, "the client did not get all results in 600 s"
+        time.sleep(1)
+    elapsed = time.monotonic() - started
+
+    outcomes = {}
+    for number in range(1, TASKS + 1):
+        name = f"{number:0{len(str(TASKS))}d}"
+        rc = client.run(["cat", f"{OUT}/{name}.rc"]).stdout.strip()
+        body = client.run(["cat", f"{OUT}/{name}.json", f"{OUT}/{name}.err"]).stdout
+        assert rc == "0", f"task {name}: exit {rc}: {body}"
+        outcome = json.loads(body)
+        assert outcome["state"] == "SUCCESS"
+        assert outcome["result"] == float(f"{TASK_SECONDS}00{name}"), outcome
+        outcomes[outcome["id"]] = outcome
+    assert len(outcomes) == TASKS  # 200 distinct task ids, 200 results
+
+    runs = collections.Counter()
+    split = {}
+    for host, machine in (("worker-a", worker_a), ("worker-b", worker_b)):
+        ids = succeeded(worker_log(machine))
+        split[host] = len(ids)
+        runs.update(ids)
+    twice = {task_id: n for task_id, n in runs.items() if n > 1}
+    print(f"\nmulti-host: {TASKS} tasks in {elapsed:.1f}s; worker-a stopped after "
+          f"{stopped_at:.1f}s ({in_flight.strip()}); split {split}; ran twice: {len(twice)}")
+    assert set(runs) == set(outcomes), "a task ran that the client did not submit, or not at all"
+    assert not twice, f"tasks ran more than once: {twice}"
+    assert split["worker-a"] >= 40 and split["worker-b"] >= 40, split
+    assert re.search(r", [1-9]\d* in flight$", in_flight.strip()), in_flight
+
+
+def test_plain_amqp_across_hosts_works_but_warns_unless_allowed(hosts):
+    client = hosts["client"]
+    plain = "CELERYD_BROKER_TLS=false CELERYD_BROKER_PORT=5672 "
+    warned = client.run(plain + "celery-submit add 2 3", timeout=120)
+    assert warned.stdout == "5\n"
+    assert warned.stderr.startswith(f"celeryd: warning: broker {BROKER_IP} is not on this host "
+                                    f"and broker.tls is off")
+    allowed = client.run(plain + "CELERYD_BROKER_ALLOW_PLAIN=true celery-submit add 2 3",
+                         timeout=120)
+    assert (allowed.stdout, allowed.stderr) == ("5\n", "")
