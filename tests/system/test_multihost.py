@@ -214,3 +214,19 @@ def test_plain_amqp_across_hosts_works_but_warns_unless_allowed(hosts):
     allowed = client.run(plain + "CELERYD_BROKER_ALLOW_PLAIN=true celery-submit add 2 3",
                          timeout=120)
     assert (allowed.stdout, allowed.stderr) == ("5\n", "")
+
+
+def test_a_named_instance_serves_its_own_queue_from_its_overlay(hosts):
+    worker_b, client = hosts["worker-b"], hosts["client"]
+    worker_b.run("printf 'worker:\\n  queues: [reports]\\n  concurrency: 1\\n' "
+                 ">/etc/celeryd/conf.d/@reports.yaml")
+    worker_b.run(["systemctl", "enable", "--now", "celery-worker@reports"], timeout=180)
+    status = worker_b.run(["systemctl", "show", "-p", "StatusText", "--value",
+                           "celery-worker@reports"]).stdout
+    assert status.startswith("Consuming from reports on amqps://"), status
+    result = client.run(["celery-submit", "--queue", "reports", "--json", "echo", "hello"],
+                        timeout=120)
+    outcome = json.loads(result.stdout)
+    assert outcome["result"] == "hello"
+    assert f"[{outcome['id']}] succeeded" in worker_b.journal(unit="celery-worker@reports")
+    assert outcome["id"] not in worker_log(worker_b)  # the default worker did not run it
