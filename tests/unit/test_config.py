@@ -228,3 +228,64 @@ def test_a_mistyped_password_is_never_repeated_in_the_error(etc):
     path = write(etc / "credentials", "broker:\n  password: 123456\n")
     assert error_of(etc) == (f"celeryd: {path}: line 2: broker.password: expected a string, "
                              f"got an integer")
+
+
+# --- TLS and plain AMQP across hosts ---------------------------------------------------------
+
+def test_port_follows_tls_unless_set(etc, tmp_path):
+    write(etc / "celeryd.yaml", "broker:\n  tls: true\n")
+    assert load(etc).broker.port == 5671
+    assert load(etc, {"CELERYD_BROKER_TLS": "false"}).broker.port == 5672
+    assert load(etc, {"CELERYD_BROKER_PORT": "6000"}).broker.port == 6000
+    assert load(etc).broker_url() == "amqps://celery@localhost:5671/celery"
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("yes", True), ("true", True), ("1", True), ("off", False), ("False", False)])
+def test_booleans_from_the_environment(etc, text, expected):
+    write(etc / "celeryd.yaml", "")
+    assert load(etc, {"CELERYD_BROKER_VERIFY": text}).broker.verify is expected
+
+
+@pytest.mark.parametrize("yaml_text, message", [
+    ("broker:\n  tls: 1\n", "broker.tls: expected true or false, got an integer 1"),
+    ("broker:\n  verify: 'no'\n", "broker.verify: expected true or false, got a string 'no'"),
+    ("broker:\n  tls: true\n  ca_file: /nonexistent/ca.pem\n",
+     "broker.ca_file: /nonexistent/ca.pem: no such file"),
+    ("broker:\n  tls: true\n  cert_file: /etc/hostname\n",
+     "broker.cert_file and broker.key_file: set both or neither"),
+])
+def test_tls_settings_are_checked(etc, yaml_text, message):
+    write(etc / "celeryd.yaml", yaml_text)
+    assert message in error_of(etc)
+
+
+def test_ssl_options_verify_the_broker_by_default(etc, tmp_path):
+    import ssl
+
+    from celeryd_pkg.broker import ssl_options
+
+    ca = tmp_path / "ca.pem"
+    ca.write_text("")
+    write(etc / "celeryd.yaml", f"broker:\n  host: b.example\n  tls: true\n  ca_file: {ca}\n")
+    assert ssl_options(load(etc).broker) == {
+        "cert_reqs": ssl.CERT_REQUIRED, "server_hostname": "b.example", "ca_certs": str(ca)}
+    named = load(etc, {"CELERYD_BROKER_SERVER_NAME": "other"}).broker
+    assert ssl_options(named)["server_hostname"] == "other"
+    unverified = load(etc, {"CELERYD_BROKER_VERIFY": "no"}).broker
+    assert ssl_options(unverified)["cert_reqs"] == ssl.CERT_NONE
+    assert "server_hostname" not in ssl_options(unverified)
+    assert ssl_options(load(etc, {"CELERYD_BROKER_TLS": "no"}).broker) is False
+
+
+@pytest.mark.parametrize("broker_yaml, warns", [
+    ("host: localhost", False), ("host: 127.0.0.1", False), ("host: ::1", False),
+    ("host: 10.0.0.1", True), ("host: broker.example.org", True),
+    ("host: 10.0.0.1\n  tls: true", False), ("host: 10.0.0.1\n  allow_plain: true", False),
+])
+def test_plain_amqp_to_another_host_warns_unless_allowed(etc, broker_yaml, warns):
+    write(etc / "celeryd.yaml", f"broker:\n  {broker_yaml}\n")
+    warning = load(etc).plain_remote_warning()
+    assert (warning is not None) is warns
+    if warns:
+        assert warning.startswith("celeryd: warning: broker ") and "\n" not in warning
