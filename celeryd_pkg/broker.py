@@ -45,23 +45,25 @@ def connect(config, vhost=None):
     try:
         connection.connect()
     except Exception as error:  # noqa: BLE001 - translated, never shown as a traceback
-        raise translate(error, config) from None
+        raise translate(error, config, vhost) from None
     return connection
 
 
-def translate(error, config):
-    """Return the CelerydError that explains error (raised while talking to the broker)."""
+def translate(error, config, vhost=None):
+    """Return the CelerydError that explains error (raised while talking to the broker
+    about vhost, by default the configured one)."""
     import amqp
 
-    url = config.broker_url()
+    url = config.broker_url(vhost=vhost)
     b = config.broker
+    vhost = b.vhost if vhost is None else vhost
     if isinstance(error, socket.gaierror):
         return BrokerUnreachable(
             f"cannot resolve broker host '{b.host}' ({error.strerror}): check broker.host "
             f"in /etc/celeryd/celeryd.yaml")
     if isinstance(error, amqp.exceptions.NotAllowed):
         return VhostRefused(
-            f"broker refused user '{b.user}' access to vhost '{b.vhost}' at {url}: "
+            f"broker refused user '{b.user}' access to vhost '{vhost}' at {url}: "
             f"grant it with celeryd-admin provision (or rabbitmqctl set_permissions)")
     if isinstance(error, amqp.exceptions.AccessRefused):
         reason = (error.reply_text or "").split(" - ", 1)[-1]

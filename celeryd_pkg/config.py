@@ -53,15 +53,17 @@ class Config:
     def __setattr__(self, key, value):
         raise AttributeError("the configuration is read-only")
 
-    def broker_url(self, masked=True):
-        """Return the broker's AMQP URL; the password is '***' unless masked is False."""
+    def broker_url(self, masked=True, vhost=None):
+        """Return the broker's AMQP URL (of another vhost if given); the password is '***'
+        unless masked is False."""
         b = self.broker
+        vhost = b.vhost if vhost is None else vhost
         password = b.password or ""
         secret = "***" if masked and password else quote(password, safe="")
         auth = quote(b.user, safe="") + (":" + secret if password else "")
         scheme = "amqps" if b.tls else "amqp"
         host = f"[{b.host}]" if ":" in b.host else b.host
-        return f"{scheme}://{auth}@{host}:{b.port}/{quote(b.vhost, safe='')}"
+        return f"{scheme}://{auth}@{host}:{b.port}/{quote(vhost, safe='')}"
 
     def plain_remote_warning(self):
         """Return a warning when the password and tasks would cross the network in clear
