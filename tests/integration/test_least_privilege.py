@@ -59,6 +59,7 @@ def test_the_account_cannot_open_another_vhost(tmp_path, rabbitmq, provisioned):
         with pytest.raises(VhostRefused) as info:
             broker.connect(settings, vhost=vhost)
         assert settings.broker.password not in info.value.message
+        assert f"access to vhost '{vhost}'" in info.value.message  # the one refused
     # Through the client, as an operator would try it: exit 5, and nothing sent there.
     result = submit(main, "add", "1", "1", env=clean_env(CELERYD_BROKER_VHOST=other))
     assert result.returncode == 5, result.stderr
