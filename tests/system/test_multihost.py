@@ -1,6 +1,6 @@
 """Several machines: one broker host, two worker hosts and a client host, over TLS.
 
-    Given four booted Debian 13 machines on a private bridge this test creates
+    Given four booted Debian machines (13, and again 12) on a private bridge this test creates
           (broker 10.231.7.1, worker-a .2, worker-b .3, client .4)
     When  the broker host runs `celeryd-admin tls-setup` and `provision --for-host` for each,
           and each host runs `celeryd-admin join -` with its join string
@@ -22,7 +22,6 @@ import pytest
 from tests.system import harness
 from tests.system.conftest import _print_on_failure
 
-SUITE = "trixie"
 SUBNET = "10.231.7"
 HOSTS = {"broker": 1, "worker-a": 2, "worker-b": 3, "client": 4}
 BROKER_IP = f"{SUBNET}.{HOSTS['broker']}"
@@ -34,17 +33,17 @@ PACKAGES = {  # what each host installs from /root/debs (plus the archive's depe
 }
 TASKS, TASK_SECONDS = 200, 0.5
 OUT = "/root/results"
-joined = {}  # join strings, from the broker host to the others
+joined = {}  # join strings, from the broker host to the others: {(suite, host): string}
 
 
-@pytest.fixture(scope="module")
-def hosts(prerequisites, debs):
-    """The four booted machines on a bridge of their own: {role: Container}."""
+@pytest.fixture(scope="module", params=harness.SUITES, ids=harness.SUITES)
+def hosts(request, prerequisites, debs):
+    """The four booted machines of the suite on a bridge of their own: {role: Container}."""
     with harness.Bridge(subnet=SUBNET) as bridge:
         machines = {}
         try:
             for role, number in HOSTS.items():
-                machine = harness.Container(SUITE, network_bridge=bridge.name,
+                machine = harness.Container(request.param, network_bridge=bridge.name,
                                             address=bridge.address(number))
                 machines[role] = machine
                 machine.prepare(debs, ["rabbitmq-server", "openssl"])
@@ -101,7 +100,7 @@ def test_broker_host_sets_up_tls_and_issues_a_join_string_per_host(hosts):
         assert result.stderr == ""
         assert result.stdout.startswith(f"amqps://{role}-{host}:")
         assert f"@{BROKER_IP}:5671/celery?ca=" in result.stdout
-        joined[host] = result.stdout
+        joined[broker.suite, host] = result.stdout
     users = broker.run(["rabbitmqctl", "-q", "list_users"]).stdout
     assert {"worker-worker-a", "worker-worker-b", "client-client"} <= set(users.split())
     assert "guest" not in broker.run(["rabbitmqctl", "-q", "list_permissions", "-p",
@@ -112,11 +111,12 @@ def test_broker_host_sets_up_tls_and_issues_a_join_string_per_host(hosts):
 def test_worker_host_joins_and_its_worker_consumes_over_tls(hosts, host):
     machine = hosts[host]
     install(machine, host)
-    result = admin(machine, "join", "-", input=joined[host])
+    result = admin(machine, "join", "-", input=joined[machine.suite, host])
     assert result.stderr == ""
     assert result.stdout.startswith(f"joined amqps://worker-{host}:***@{BROKER_IP}:5671/celery")
     password = machine.run(["sed", "-n", "s/^  password: //p", "/etc/celeryd/credentials"])
-    assert len(password.stdout.strip()) >= 32 and password.stdout.strip() in joined[host]
+    assert len(password.stdout.strip()) >= 32
+    assert password.stdout.strip() in joined[machine.suite, host]
     assert machine.run(["stat", "-c", "%U:%G %a", "/etc/celeryd/credentials"]).stdout == \
         "root:celery 640\n"
     allowed = machine.run(["systemctl", "show", "-p", "IPAddressAllow", "--value",
@@ -133,7 +133,7 @@ def test_worker_host_joins_and_its_worker_consumes_over_tls(hosts, host):
 def test_client_host_joins_and_check_is_ok_at_every_step_over_tls(hosts):
     client = hosts["client"]
     install(client, "client")
-    admin(client, "join", "-", input=joined["client"])
+    admin(client, "join", "-", input=joined[client.suite, "client"])
     check = admin(client, "check")
     lines = check.stdout.splitlines()
     assert [line[:5] for line in lines] == ["OK   "] * 6, check.stdout
@@ -196,7 +196,7 @@ def test_200_tasks_run_on_both_workers_exactly_once_though_worker_a_stops_mid_ru
         split[host] = len(ids)
         runs.update(ids)
     twice = {task_id: n for task_id, n in runs.items() if n > 1}
-    print(f"\nmulti-host: {TASKS} tasks in {elapsed:.1f}s; worker-a stopped after "
+    print(f"\nmulti-host {client.suite}: {TASKS} tasks in {elapsed:.1f}s; worker-a stopped after "
           f"{stopped_at:.1f}s ({in_flight.strip()}); split {split}; ran twice: {len(twice)}")
     assert set(runs) == set(outcomes), "a task ran that the client did not submit, or not at all"
     assert not twice, f"tasks ran more than once: {twice}"
