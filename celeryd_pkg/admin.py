@@ -342,7 +342,7 @@ def cmd_deprovision(args):
 def cmd_join(args):
     import os
 
-    from celeryd_pkg import config, credentials, dropin
+    from celeryd_pkg import config, credentials, dropin, files
 
     broker = parse_url(_read_url(args.url))
     gid = credentials.resolve_group(args.group)
@@ -359,29 +359,10 @@ def cmd_join(args):
     dropin.allow_broker(broker["host"], os.environ.get("CELERYD_ROOT", "/"))
     if ca_pem:
         broker["ca_file"] = str(main_file.parent / "broker-ca.pem")
-        _write_public(broker["ca_file"], ca_pem)
+        files.replace(broker["ca_file"], ca_pem)
     credentials.write(path, broker, gid)
     print(f"joined {_display(broker)}; check with: celeryd-admin check")
     return 0
-
-
-def _write_public(path, text):
-    """Atomically write a world-readable root-owned file (the broker's CA certificate)."""
-    import os
-    from pathlib import Path
-
-    from celeryd_pkg.errors import ConfigError
-
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-        tmp.write_text(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except OSError as error:
-        raise ConfigError(f"celeryd-admin: cannot write {path} ({error.strerror}); run as "
-                          f"root") from None
 
 
 def cmd_check(args):

@@ -5,12 +5,12 @@ must be let through to that host's addresses, and to the resolver's when it is n
 """
 
 import ipaddress
-import os
 import socket
 import subprocess
 from pathlib import Path
 
-from celeryd_pkg.errors import BrokerUnreachable, ConfigError
+from celeryd_pkg import files
+from celeryd_pkg.errors import BrokerUnreachable
 
 __all__ = ["UNITS", "DROPIN", "broker_addresses", "allow_broker"]
 
@@ -59,17 +59,8 @@ def allow_broker(host, root="/"):
             f"[Service]\n" + "".join(f"IPAddressAllow={a}\n" for a in addresses))
     written = []
     for unit in installed:
-        directory = root / "etc/systemd/system" / f"{unit}.d"
-        path = directory / DROPIN
-        try:
-            directory.mkdir(mode=0o755, parents=True, exist_ok=True)
-            tmp = directory / f".{DROPIN}.tmp"
-            tmp.write_text(text)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except OSError as error:
-            raise ConfigError(f"celeryd-admin join: cannot write {path} "
-                              f"({error.strerror}); run as root") from None
+        path = root / "etc/systemd/system" / f"{unit}.d" / DROPIN
+        files.replace(path, text, "celeryd-admin join")
         written.append(str(path))
     if str(root) == "/" and Path("/run/systemd/system").exists():
         subprocess.run(["systemctl", "daemon-reload"], check=False, capture_output=True)

@@ -15,6 +15,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from celeryd_pkg import files
 from celeryd_pkg.errors import CelerydError, ConfigError, UsageError
 
 __all__ = ["TLS_PORT", "CaFiles", "ca_files", "setup", "encode_ca", "decode_ca", "RABBITMQ_CONF"]
@@ -94,11 +95,7 @@ def setup(ca, rabbitmq_dir, names, group="rabbitmq", port=TLS_PORT, openssl="ope
         _install(tmp / "server.pem", out / "server.pem", 0o644)
         _install(ca.cert, out / "ca.pem", 0o644)
     written += [str(out / name) for name in ("server.key", "server.pem", "ca.pem")]
-    conf_text = RABBITMQ_CONF.format(port=port, dir=out)
-    tmp_conf = conf.with_name(f".{conf.name}.tmp")
-    tmp_conf.write_text(conf_text)
-    os.chmod(tmp_conf, 0o644)
-    os.replace(tmp_conf, conf)
+    files.replace(conf, RABBITMQ_CONF.format(port=port, dir=out), "celeryd-admin tls-setup")
     written.append(str(conf))
     return written
 

@@ -157,7 +157,7 @@ def test_exit_5_on_a_vhost_without_permission(tmp_path, rabbitmq, account):
     config = write_config(tmp_path, rabbitmq, dict(account, vhost="no-rights-here"))
     result = submit(config, "add", "4", "4")
     assert result.returncode == 5
-    assert f"access to vhost 'no-rights-here'" in result.stderr
+    assert "access to vhost 'no-rights-here'" in result.stderr
     assert_clean(result)
 
 

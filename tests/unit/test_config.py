@@ -7,7 +7,7 @@ import pytest
 
 from celeryd_pkg import config as module
 from celeryd_pkg.errors import ConfigError
-from celeryd_pkg.schema import SCHEMA, defaults
+from celeryd_pkg.schema import SCHEMA
 
 REPO = Path(__file__).resolve().parents[2]
 
