@@ -8,7 +8,7 @@ from urllib.parse import quote
 from celeryd_pkg.errors import ConfigError
 from celeryd_pkg.schema import CREDENTIAL_KEYS, PORTS, SCHEMA, defaults
 
-__all__ = ["Config", "load", "config_paths", "DEFAULT_CONFIG"]
+__all__ = ["Config", "load", "read_credentials", "config_paths", "DEFAULT_CONFIG"]
 
 DEFAULT_CONFIG = "/etc/celeryd/celeryd.yaml"
 ENV_PREFIX = "CELERYD_"
@@ -135,6 +135,17 @@ def load(config_file=None, overrides=None, env=os.environ, instance=None):
                               "neither")
 
     return Config({s: Section(s, values[s]) for s in SCHEMA}, sources)
+
+
+def read_credentials(path):
+    """Return the broker keys the credentials file at path sets ({} if there is none),
+    validated as load() validates them. Raise ConfigError as load() does."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    values = {section: {} for section in SCHEMA}
+    _apply_file(values, path, [], allowed=CREDENTIAL_KEYS)
+    return values["broker"]
 
 
 def _env_key(name):

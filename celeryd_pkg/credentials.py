@@ -28,30 +28,11 @@ def resolve_group(name):
 
 def read(path):
     """Given the credentials file path, return its broker mapping ({} if the file is missing).
-    Raise ConfigError naming the file if it is unreadable or malformed."""
-    import yaml
+    Raise ConfigError naming the file if it is unreadable or malformed (the config loader's
+    own checks: one reader for the worker, the client and the admin)."""
+    from celeryd_pkg.config import read_credentials
 
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return {}
-    except (OSError, UnicodeDecodeError) as error:
-        reason = getattr(error, "strerror", None) or type(error).__name__
-        raise ConfigError(f"celeryd-admin: {path}: cannot read ({reason}); run as root") from None
-    try:
-        data = yaml.safe_load(text)
-    except (yaml.YAMLError, RecursionError):
-        # The parser's message may quote the line holding the password: never show it.
-        raise ConfigError(f"celeryd-admin: {path}: YAML syntax error; fix or remove the file "
-                          f"(celeryd-admin provision or join writes a new one)") from None
-    broker = (data or {}).get("broker") if isinstance(data, dict) else None
-    if not isinstance(broker, dict):
-        raise ConfigError(f"celeryd-admin: {path}: expected a 'broker:' mapping")
-    password = broker.get("password")
-    if password is not None and not isinstance(password, str):
-        raise ConfigError(f"celeryd-admin: {path}: broker.password: expected a string")
-    return broker
+    return read_credentials(path)
 
 
 def render(broker):
