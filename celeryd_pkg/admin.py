@@ -110,6 +110,15 @@ def parse_args(argv):
     group_option(sub)
     config_option(sub)
 
+    for name, text in (("drain", "make the running worker on this host take no new tasks "
+                                 "while those in flight finish (before maintenance)"),
+                       ("resume", "make a drained worker take tasks again")):
+        sub = commands.add_parser(name, help=text, description=text)
+        sub.add_argument("instance", nargs="?", metavar="NAME",
+                         help="the worker instance celery-worker@NAME (default: "
+                              "celery-worker)")
+        config_option(sub)
+
     text = "diagnose config, DNS, TCP, AMQP login, vhost permissions and live workers"
     sub = commands.add_parser("check", help=text, description=text)
     config_option(sub)
@@ -365,6 +374,21 @@ def cmd_join(args):
     return 0
 
 
+def cmd_drain_or_resume(args):
+    from celeryd_pkg import config, control
+    from celeryd_pkg.worker import node_name
+
+    settings = config.load(args.config, instance=args.instance)
+    node = node_name(settings, args.instance)
+    queues = ", ".join(getattr(control, args.command)(settings, node))
+    if args.command == "drain":
+        print(f"{node}: draining: no new tasks from {queues}; tasks in flight finish "
+              f"(celeryd-admin resume{' ' + args.instance if args.instance else ''} undoes it)")
+    else:
+        print(f"{node}: consuming from {queues} again")
+    return 0
+
+
 def cmd_check(args):
     from celeryd_pkg import check
 
@@ -372,7 +396,8 @@ def cmd_check(args):
 
 
 COMMANDS = {"provision": cmd_provision, "deprovision": cmd_deprovision, "join": cmd_join,
-            "check": cmd_check, "tls-setup": cmd_tls_setup}
+            "check": cmd_check, "tls-setup": cmd_tls_setup, "drain": cmd_drain_or_resume,
+            "resume": cmd_drain_or_resume}
 
 
 def main(argv=None):

@@ -26,6 +26,7 @@ class Monitor:
         self.last_tick = clock()
         self._last_status = None
         self._pinger = None
+        self.consumer = None  # Celery's Consumer, once the bootstep starts
 
     # -- state changes, called from the consumer bootstep in the main process --
     def waiting(self):
@@ -64,10 +65,19 @@ class Monitor:
     def status_line(self):
         active = len(state.active_requests)
         done = max(state.all_total_count[0] - active, 0)
-        queues = ", ".join(self.config.worker.queues)
-        return (f"Consuming from {queues} on {self.config.broker_url()}; "
-                f"concurrency {self.config.worker.concurrency}; "
-                f"{done} tasks done, {active} in flight")
+        counts = f"{done} tasks done, {active} in flight"
+        queues = self.consumed_queues()
+        if not queues:
+            return f"Draining: taking no new tasks (celeryd-admin resume); {counts}"
+        return (f"Consuming from {', '.join(queues)} on {self.config.broker_url()}; "
+                f"concurrency {self.config.worker.concurrency}; {counts}")
+
+    def consumed_queues(self):
+        """The queues really consumed now: fewer than configured after a drain."""
+        task_consumer = getattr(self.consumer, "task_consumer", None)
+        if task_consumer is None:
+            return list(self.config.worker.queues)
+        return [queue.name for queue in task_consumer.queues]
 
     # -- the watchdog --
     def healthy(self):
@@ -105,6 +115,7 @@ class Readiness(bootsteps.StartStopStep):
         self.tref = None
 
     def start(self, c):
+        self.monitor.consumer = c
         self.monitor.consuming()
         self.tref = c.timer.call_repeatedly(TICK_SECONDS, self.monitor.tick)
 

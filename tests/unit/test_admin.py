@@ -71,7 +71,8 @@ def test_help_lists_every_command(capsys):
         module.main(["--help"])
     out = capsys.readouterr().out
     assert exit_.value.code == 0
-    for command in ("provision", "rotate-password", "deprovision", "join", "check"):
+    for command in ("provision", "rotate-password", "deprovision", "join", "check", "tls-setup",
+                    "drain", "resume"):
         assert command in out
 
 

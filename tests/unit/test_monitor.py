@@ -69,3 +69,11 @@ def test_a_reload_is_not_reported_as_stopping():
     m.reloading = False
     m.stopping()
     assert m.notifier.sent == [("stopping",)]
+
+
+def test_status_says_draining_when_the_worker_consumes_no_queue():
+    m, _ = monitor()
+    m.consumer = SimpleNamespace(task_consumer=SimpleNamespace(queues=[]))
+    assert m.status_line().startswith("Draining: taking no new tasks (celeryd-admin resume); ")
+    m.consumer.task_consumer.queues.append(SimpleNamespace(name="celery"))
+    assert m.status_line().startswith("Consuming from celery on ")
