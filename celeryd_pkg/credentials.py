@@ -8,7 +8,7 @@ from pathlib import Path
 
 from celeryd_pkg.errors import ConfigError
 
-__all__ = ["MODE", "read", "render", "resolve_group", "staged", "write", "remove"]
+__all__ = ["MODE", "read", "render", "resolve_group", "staged", "locked", "write", "remove"]
 
 # root:GROUP 0640: the workers (group celery) read it, nobody else does.
 MODE = 0o640
@@ -88,6 +88,25 @@ def staged(path, broker, gid, uid=0):
         if created:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def locked(path):
+    """Hold an exclusive lock on the credentials file's directory for a read-modify-write."""
+    import fcntl
+
+    directory = Path(path).parent
+    try:
+        directory.mkdir(mode=0o755, parents=True, exist_ok=True)
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as error:
+        raise ConfigError(f"celeryd-admin: cannot open {directory} ({error.strerror}); "
+                          f"run as root") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def write(path, broker, gid, uid=0):

@@ -18,8 +18,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 RABBITMQCTL = "/usr/sbin/rabbitmqctl"
-DEFER_MESSAGE = ("celeryd: no running RabbitMQ broker here; to finish setup run: "
-                 "celeryd-admin provision (or celeryd-admin join for a remote broker)")
+DEFER_MESSAGE = ("celeryd: no running RabbitMQ broker here; the setup finishes by itself when "
+                 "rabbitmq-server starts here, or run: celeryd-admin provision (or "
+                 "celeryd-admin join for a remote broker)")
 FULL = (".*", ".*", ".*")
 # A submit-only client (configure, write, read): it may publish to task exchanges (named
 # after their queues) but not to the default exchange, the workers' control (pidbox) and
@@ -144,6 +145,13 @@ def provision(ctl, path, user, vhost, gid, rotate=False):
     Raise NodeDown when there is no broker to talk to."""
     check_name("user", user)
     check_name("vhost", vhost)
+    # celeryd-provision.service may run this as RabbitMQ comes up while an admin runs it
+    # too: one at a time, or both would set a password.
+    with credentials.locked(path):
+        return _provision(ctl, path, user, vhost, gid, rotate)
+
+
+def _provision(ctl, path, user, vhost, gid, rotate):
     changes = []
     stored = credentials.read(path)
     password = stored.get("password") if stored.get("user", user) == user else None

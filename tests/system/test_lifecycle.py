@@ -1,7 +1,7 @@
 """The package's life on one booted machine per suite, step by step, as an operator lives it.
 
     Given a booted <suite> machine without a broker
-    When  the admin installs the three debs, then RabbitMQ, provisions and starts the worker
+    When  the admin installs the three debs, then RabbitMQ (the setup then finishes by itself)
     Then  `celery-submit add 4 4` prints 8
     And   reload, restart, stop, SIGKILL, a broker restart and a hung loop lose no task
     And   reinstall and upgrade keep credentials and local edits; remove keeps config;
@@ -36,8 +36,9 @@ CONFIG = "/etc/celeryd/celeryd.yaml"
 UPGRADE_DIR = "/root/upgrade"
 VERSION = celeryd_pkg.__version__  # = debian/changelog's (tests/unit/test_packaging.py)
 UPGRADE_VERSION = f"{VERSION}+systest1"
-HINT = ("celeryd: no running RabbitMQ broker here; to finish setup run: celeryd-admin provision "
-        "(or celeryd-admin join for a remote broker)")
+HINT = ("celeryd: no running RabbitMQ broker here; the setup finishes by itself when "
+        "rabbitmq-server starts here, or run: celeryd-admin provision (or celeryd-admin join "
+        "for a remote broker)")
 
 
 @pytest.fixture(scope="session")
@@ -146,9 +147,14 @@ def test_install_without_a_broker_succeeds_with_the_one_line_hint(machine):
     assert show(machine, "UnitFileState") == "enabled"
 
 
-def test_provision_after_the_broker_arrives_then_start_adds_4_4(machine):
+def test_the_setup_finishes_by_itself_when_the_broker_arrives_then_adds_4_4(machine):
     machine.run(["apt-get", "install", "--no-download", "-y", "rabbitmq-server"], timeout=600)
     assert_active(machine, "rabbitmq-server")
+    # celeryd-provision.service, wanted by rabbitmq-server.service: account, credentials and
+    # the worker's start, with nobody running a command.
+    wait_until(lambda: show(machine, "ActiveState") == "active", 120, "celery-worker to start")
+    assert show(machine, "Result", "celeryd-provision") == "success"
+    # Running provision by hand afterwards is a quiet no-op.
     provision = machine.run(["celeryd-admin", "provision"], timeout=300)
     assert (provision.stdout, provision.stderr) == ("", "")  # quiet on success
     assert stat(machine, CREDENTIALS) == "root:celery 640"
@@ -291,6 +297,8 @@ def test_purge_leaves_nothing_of_ours(machine):
             "/lib/systemd/system/celery-worker@.service", "/usr/bin/celery-submit",
             "/usr/sbin/celeryd-admin", "/usr/lib/python3/dist-packages/celeryd_pkg",
             "/etc/systemd/system/multi-user.target.wants/celery-worker.service",
+            "/lib/systemd/system/celeryd-provision.service",
+            "/lib/systemd/system/rabbitmq-server.service.d/celeryd.conf",
             "/usr/lib/sysusers.d/celeryd.conf"]
     left = [path for path in gone if machine.run(["test", "-e", path], check=False).returncode == 0]
     assert left == []

@@ -332,8 +332,9 @@ def test_provision_defer_if_absent_prints_one_line_and_exits_0(
                          "--group", "root")
     assert (code, out) == (0, "")
     assert err == provision.DEFER_MESSAGE + "\n"
-    assert err == ("celeryd: no running RabbitMQ broker here; to finish setup run: "
-                   "celeryd-admin provision (or celeryd-admin join for a remote broker)\n")
+    assert err == ("celeryd: no running RabbitMQ broker here; the setup finishes by itself when "
+                   "rabbitmq-server starts here, or run: celeryd-admin provision (or "
+                   "celeryd-admin join for a remote broker)\n")
     assert not etc[1].exists()
 
 

@@ -301,8 +301,9 @@ def test_postrm_purges_config_state_broker_user_and_system_user_and_remove_keeps
     text = (ROOT / "debian" / "celeryd.postrm").read_text()
     case = text[text.index('case "$1" in'):text.index("#DEBHELPER#")]
 
-    assert re.search(r"purge\)\s+remove_broker_user\s+remove_config\s+remove_state\s+"
-                     r"remove_system_user\s+;;", case)
+    assert re.search(r"purge\)\s+remove_broker_user\s+remove_config\s+remove_dropins\s+"
+                     r"remove_state\s+remove_system_user\s+;;", case)
+    assert 'rm -f "/etc/systemd/system/$unit.d/50-celeryd-broker.conf"' in text
     assert "remove)" not in case
     assert "rm -rf /etc/celeryd" in text
     assert "rm -rf /var/lib/celeryd" in text
@@ -316,3 +317,21 @@ def test_recorded_security_exposure_is_at_most_one():
 
     assert recorded[0] == "celery-worker.service"
     assert float(recorded[1]) <= 1.0
+
+
+def test_provisioning_unit_runs_once_after_a_local_broker_starts_without_credentials():
+    path = ROOT / "systemd" / "celeryd-provision.service"
+    unit = dict(parse_unit(path)["Unit"])
+    values = service(path)
+    assert unit["After"] == "rabbitmq-server.service"
+    assert unit["ConditionPathExists"] == "!/etc/celeryd/credentials"
+    assert values["Type"] == ["oneshot"]
+    assert values["ExecStart"] == ["/usr/sbin/celeryd-admin provision"]
+    assert "is-enabled celery-worker.service" in values["ExecStartPost"][0]
+    assert "Install" not in parse_unit(path)  # static: the broker's unit wants it
+    dropin = ROOT / "systemd" / "rabbitmq-server.service.d" / "celeryd.conf"
+    assert parse_unit(dropin) == {"Unit": [("Wants", "celeryd-provision.service")]}
+    install = (ROOT / "debian" / "celeryd.install").read_text().splitlines()
+    assert "systemd/celeryd-provision.service lib/systemd/system/" in install
+    assert ("systemd/rabbitmq-server.service.d/celeryd.conf "
+            "lib/systemd/system/rabbitmq-server.service.d/") in install

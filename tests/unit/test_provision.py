@@ -467,3 +467,22 @@ def test_provision_for_another_vhost_keeps_the_password_and_moves_the_file_to_th
     provision.provision(fake.ctl(), creds_path, "celery", "other", 0)
     assert module.read(creds_path) == {"vhost": "other", "user": "celery", "password": password}
     assert fake.state()["perms"]["other\tcelery"] == [".*", ".*", ".*"]
+
+
+def test_locked_lets_one_provision_at_a_time(creds_path):
+    import threading
+    import time
+
+    order = []
+
+    def second():
+        with module.locked(creds_path):
+            order.append("second")
+
+    with module.locked(creds_path):
+        thread = threading.Thread(target=second)
+        thread.start()
+        time.sleep(0.3)
+        order.append("first done")
+    thread.join(5)
+    assert order == ["first done", "second"]
