@@ -320,6 +320,7 @@ def test_1000_queued_tasks_each_succeed_once_through_a_fault(machine, fault):
                "30% of the tasks to succeed")
     done_at_fault = len(ledger(machine, name)[1])
     detail = {}
+    since = machine.run(["date", "+%s"]).stdout.strip()
     fault_started = time.monotonic()
     if fault == "child-sigkill":
         child, task_id = busy_child(machine)
@@ -349,6 +350,7 @@ def test_1000_queued_tasks_each_succeed_once_through_a_fault(machine, fault):
         "seconds": round(elapsed, 1), "NRestarts": int(prop(machine, "NRestarts")),
         **detail}
     print(fault, RESULTS[machine.suite][fault])
+    print("\n".join(timeline(machine, since)))
     # Nothing lost, nothing invented.
     assert set(successes) == set(ids)
     assert sum(starts.values()) >= TASKS
@@ -365,6 +367,15 @@ def test_1000_queued_tasks_each_succeed_once_through_a_fault(machine, fault):
     expected = {"main-sigkill": restarts + 1, "systemctl-restart": 0}.get(fault, restarts)
     assert int(prop(machine, "NRestarts")) == expected
     assert_active(machine, "celery-worker")
+
+
+def timeline(machine, since):
+    """The worker unit's lifecycle lines in the journal since the epoch second since."""
+    log = machine.run(["journalctl", "-u", "celery-worker", "--since", f"@{since}", "-o",
+                       "short-precise", "--no-pager"], timeout=120).stdout
+    marks = ("systemd[1]", "Warm shutdown", "exited with", "WorkerLostError", "Connected to",
+             "ready.", "Cannot connect", "consumer:")
+    return [line for line in log.splitlines() if any(mark in line for mark in marks)][:40]
 
 
 def sample(machine, seconds, interval=1.0):
