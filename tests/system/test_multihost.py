@@ -230,3 +230,11 @@ def test_a_named_instance_serves_its_own_queue_from_its_overlay(hosts):
     assert outcome["result"] == "hello"
     assert f"[{outcome['id']}] succeeded" in worker_b.journal(unit="celery-worker@reports")
     assert outcome["id"] not in worker_log(worker_b)  # the default worker did not run it
+
+
+def test_purge_on_a_worker_host_takes_its_join_with_it(hosts):
+    worker_a = hosts["worker-a"]
+    worker_a.run(["apt-get", "purge", "-y", "-q", "celeryd"], timeout=600)
+    left = worker_a.run("ls -d /etc/celeryd /etc/systemd/system/celery-worker*.service.d "
+                        "2>/dev/null || true").stdout
+    assert left == ""
