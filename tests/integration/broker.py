@@ -20,9 +20,10 @@ def free_port():
 class RabbitMQ:
     """One rabbitmq-server with its own node name, ports, data, cookie and epmd."""
 
-    def __init__(self, base, tls_dir=None):
+    def __init__(self, base, tls_dir=None, client_certificates=False):
         """tls_dir: a directory with ca.pem, server.pem and server.key (as celeryd-admin
-        tls-setup writes them) to open a TLS listener on tls_port too."""
+        tls-setup writes them) to open a TLS listener on tls_port too; client_certificates:
+        that listener demands a client certificate signed by the same CA."""
         self.base = Path(base)
         self.port = free_port()
         self.tls_port = free_port() if tls_dir else None
@@ -42,8 +43,8 @@ class RabbitMQ:
                      f"ssl_options.cacertfile = {tls_dir}/ca.pem\n"
                      f"ssl_options.certfile = {tls_dir}/server.pem\n"
                      f"ssl_options.keyfile = {tls_dir}/server.key\n"
-                     "ssl_options.verify = verify_none\n"
-                     "ssl_options.fail_if_no_peer_cert = false\n")
+                     f"ssl_options.verify = {'verify_peer' if client_certificates else 'verify_none'}\n"
+                     f"ssl_options.fail_if_no_peer_cert = {str(client_certificates).lower()}\n")
         (self.base / "rabbitmq.conf").write_text(conf)
         (self.base / "enabled_plugins").write_text("[].\n")
         self.env = {

@@ -3,6 +3,7 @@ queues and routing, and named worker instances."""
 
 import json
 import re
+import subprocess
 
 import amqp
 import pytest
@@ -183,3 +184,37 @@ def test_queues_route_tasks_to_the_instance_that_serves_them(rabbitmq, account, 
         for task_id in ids[queue]:
             assert task_id in worker.output() and task_id not in other.output()
     assert submit(etc, "add", "1", "1", "--queue", "gamma").returncode == 4
+
+
+def test_a_broker_that_demands_client_certificates_gets_them_from_cert_and_key_file(
+        tmp_path, account):
+    ca = tls.ca_files(tmp_path / "ca")
+    tls.setup(ca, tmp_path / "rabbitmq", ["127.0.0.1"], group="root")
+    client = tmp_path / "client"
+    client.mkdir()
+    subprocess.run(["openssl", "req", "-new", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", client / "key.pem",
+                    "-out", client / "req.pem", "-subj", "/CN=worker-1"], check=True,
+                   capture_output=True)
+    subprocess.run(["openssl", "x509", "-req", "-in", client / "req.pem", "-CA", ca.cert,
+                    "-CAkey", ca.key, "-set_serial", "7", "-days", "1", "-out",
+                    client / "cert.pem"], check=True, capture_output=True)
+    node = RabbitMQ(tmp_path / "node", tls_dir=tmp_path / "rabbitmq" / "tls",
+                    client_certificates=True)
+    try:
+        node.start()
+        node.add_account(account["user"], account["password"], account["vhost"])
+        etc = tmp_path / "etc" / "celeryd.yaml"
+        etc.parent.mkdir()
+        etc.write_text(
+            f"broker:\n  host: 127.0.0.1\n  port: {node.tls_port}\n  tls: true\n"
+            f"  ca_file: {ca.cert}\n  vhost: {account['vhost']}\n  user: {account['user']}\n"
+            f"  password: {account['password']}\n")
+        with pytest.raises(BrokerUnreachable):  # no client certificate: refused
+            broker.connect(config.load(etc, env={}))
+        mutual = config.load(etc, env={}, overrides={
+            ("broker", "cert_file"): str(client / "cert.pem"),
+            ("broker", "key_file"): str(client / "key.pem")})
+        broker.connect(mutual).close()
+    finally:
+        node.close()
