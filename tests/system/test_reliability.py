@@ -27,6 +27,7 @@ import collections
 import json
 import os
 import re
+import signal
 import threading
 import time
 
@@ -246,22 +247,48 @@ def submit(machine, *args, check=True):
     return result
 
 
-def busy_child(machine):
-    """A prefork child whose latest ledger line is a start (it is running a task)."""
-    main = prop(machine, "MainPID")
-    children = machine.run(["pgrep", "-P", main], check=False).stdout.split()
-    assert len(children) == CONCURRENCY, children
-    # The ledger has the container's pids; map them to what `pgrep` inside says (same ns).
-    for _ in range(200):
-        _, _, lines = ledger(machine, "ledger-child-sigkill")
-        latest = {}
-        for kind, task_id, pid in lines:
-            latest[pid] = (kind, task_id)
-        busy = [pid for pid in children if latest.get(pid, ("",))[0] == "start"]
-        if busy:
-            return busy[0], latest[busy[0]][1]
-        time.sleep(0.01)
-    raise AssertionError("no prefork child was busy")
+def host_pid(machine, pid):
+    """The host's pid of the container's process pid (same pid namespace as its init)."""
+    namespace = os.readlink(f"/proc/{machine.pid}/ns/pid")
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/status") as f:
+                nspid = next(line.split()[1:] for line in f if line.startswith("NSpid:"))
+            if nspid[-1] == pid and os.readlink(f"/proc/{entry}/ns/pid") == namespace:
+                return int(entry)
+        except (OSError, StopIteration):
+            continue
+    raise AssertionError(f"no host pid for {pid} in {machine.name}")
+
+
+def kill_a_child_mid_task(machine, name, attempts=5):
+    """SIGKILL a prefork child while its ledger says it runs a task (from the host, so the
+    signal lands within milliseconds of the look); try again if it had just finished.
+    Return what was killed and the task that was in flight."""
+    for attempt in range(1, attempts + 1):
+        main = prop(machine, "MainPID")
+        children = wait_until(
+            lambda: (lambda pids: pids if len(pids) == CONCURRENCY else None)(
+                machine.run(["pgrep", "-P", main], check=False).stdout.split()),
+            30, f"{CONCURRENCY} prefork children")
+        hosts = {child: host_pid(machine, child) for child in children}
+        for _ in range(1000):
+            latest = {pid: kind for kind, _, pid in ledger(machine, name)[2]}
+            busy = [child for child in children if latest.get(child) == "start"]
+            if busy:
+                child = busy[0]
+                os.kill(hosts[child], signal.SIGKILL)
+                break
+            time.sleep(0.005)
+        else:
+            raise AssertionError("no prefork child was busy")
+        time.sleep(1)
+        kind, task_id, _ = [line for line in ledger(machine, name)[2] if line[2] == child][-1]
+        if kind == "start":  # it never got to success: killed mid-task
+            return {"killed child": child, "task in flight": task_id, "kills": attempt}
+    raise AssertionError(f"{attempts} kills, none landed mid-task")
 
 
 # --- the steps ------------------------------------------------------------------------------
@@ -323,9 +350,7 @@ def test_1000_queued_tasks_each_succeed_once_through_a_fault(machine, fault):
     since = machine.run(["date", "+%s"]).stdout.strip()
     fault_started = time.monotonic()
     if fault == "child-sigkill":
-        child, task_id = busy_child(machine)
-        machine.run(["kill", "-KILL", child])
-        detail = {"killed child": child, "task in flight": task_id}
+        detail = kill_a_child_mid_task(machine, name)
     elif fault == "main-sigkill":
         machine.run(["kill", "-KILL", pid])
         wait_until(lambda: prop(machine, "MainPID") not in ("0", pid), 60, "a new main PID")
