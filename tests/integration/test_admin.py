@@ -1,11 +1,8 @@
 """celeryd-admin against a real RabbitMQ: provision, rotate, deprovision, join, check, secrecy."""
 
 import json
-import os
 import secrets
 import stat
-import threading
-import time
 from pathlib import Path
 from urllib.parse import quote
 
@@ -16,6 +13,7 @@ from celeryd_pkg.errors import AccessRefused
 from celeryd_pkg.provision import DEFER_MESSAGE
 from tests.integration.broker import free_port
 from tests.integration.conftest import clean_env, run_module
+from tests.procscan import ProcScanner
 
 pytestmark = pytest.mark.integration
 
@@ -262,37 +260,9 @@ def test_check_on_a_vhost_without_permission_fails_vhost_exit_5(rabbitmq, etc, n
     assert lines[5].startswith("SKIP workers")
 
 
-class ProcSampler(threading.Thread):
-    """Read every /proc/*/cmdline and /proc/*/environ every few milliseconds."""
-
-    def __init__(self):
-        super().__init__(daemon=True)
-        self.seen = set()
-        self.rounds = 0
-        self.done = threading.Event()
-
-    def run(self):
-        while not self.done.is_set():
-            for pid in os.listdir("/proc"):
-                if not pid.isdigit() or int(pid) == os.getpid():
-                    continue
-                for name in ("cmdline", "environ"):
-                    try:
-                        with open(f"/proc/{pid}/{name}", "rb") as f:
-                            self.seen.add(f.read())
-                    except OSError:
-                        pass
-            self.rounds += 1
-            time.sleep(0.003)
-
-    def stop(self):
-        self.done.set()
-        self.join()
-
-
 def test_the_generated_password_is_never_in_any_process_arguments_environment_or_output(
         rabbitmq, etc, names):
-    sampler = ProcSampler()
+    sampler = ProcScanner(files=("cmdline", "environ"))
     sampler.start()
     try:
         first = provision(rabbitmq, etc, names)

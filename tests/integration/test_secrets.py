@@ -5,40 +5,14 @@ with a URL; such URLs read amqp://USER:***@HOST:PORT/VHOST."""
 
 import os
 import re
-import threading
-import time
 
 import pytest
 
 from tests.integration.broker import free_port
 from tests.integration.conftest import clean_env, run_module, submit, write_config
+from tests.procscan import ProcScanner
 
 pytestmark = pytest.mark.integration
-
-
-class ProcScanner(threading.Thread):
-    """Read every /proc/*/cmdline (and the environ of the pids asked for) every few ms."""
-
-    def __init__(self):
-        super().__init__(daemon=True)
-        self.cmdlines, self.rounds = set(), 0
-        self.done = threading.Event()
-
-    def run(self):
-        while not self.done.is_set():
-            for pid in os.listdir("/proc"):
-                if pid.isdigit() and int(pid) != os.getpid():
-                    try:
-                        with open(f"/proc/{pid}/cmdline", "rb") as f:
-                            self.cmdlines.add(f.read())
-                    except OSError:
-                        pass
-            self.rounds += 1
-            time.sleep(0.005)
-
-    def stop(self):
-        self.done.set()
-        self.join()
 
 
 def family(pid):
@@ -90,8 +64,8 @@ def test_the_password_is_in_no_argv_no_worker_environment_no_log_and_no_client_o
     assert [o.returncode for o in outputs] == [0, 0, 0]
     assert '"result": 42' in outputs[0].stdout and '"state": "SUCCESS"' in outputs[0].stdout
     assert scanner.rounds > 20
-    assert any(b"celeryd_pkg.worker" in line for line in scanner.cmdlines)
-    assert not [line for line in scanner.cmdlines if password in line]
+    assert any(b"celeryd_pkg.worker" in line for line in scanner.seen)
+    assert not [line for line in scanner.seen if password in line]
     assert not [env for env in environs if password in env]
     assert not [line for line in cmdlines if password in line]
     for output in outputs:

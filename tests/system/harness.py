@@ -12,7 +12,8 @@ import subprocess
 import tempfile
 import time
 
-__all__ = ['SUITES', 'HarnessError', 'CommandFailed', 'pristine_rootfs', 'Container', 'Bridge']
+__all__ = ['SUITES', 'HarnessError', 'CommandFailed', 'pristine_rootfs', 'Container', 'Bridge',
+           'wait_until']
 
 CACHE = '/var/cache/celeryd-test'
 SUITES = ('trixie', 'bookworm')
@@ -292,6 +293,17 @@ class Bridge:
 
     def __exit__(self, *exc):
         _sh(['ip', 'link', 'del', self.name], check=False)
+
+
+def wait_until(predicate, timeout=60, what='condition'):
+    """Poll predicate every 0.5 s; return its first true value, or fail after timeout s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f'timed out after {timeout}s waiting for {what}')
 
 
 @atexit.register

@@ -28,6 +28,7 @@ import pytest
 import celeryd_pkg
 
 from tests.system import harness
+from tests.system.harness import wait_until
 from tests.system.conftest import REPO, _print_on_failure
 from tests.system.test_install import assert_active
 
@@ -104,16 +105,6 @@ def in_background(machine, *args):
 def received(machine, task="celeryd.sleep"):
     log = machine.journal(unit="celery-worker")
     return re.findall(rf"Task {re.escape(task)}\[([0-9a-f-]+)\] received", log)
-
-
-def wait_until(predicate, timeout=60, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def sleep_task_in_flight(machine, seconds):

@@ -28,12 +28,13 @@ import json
 import os
 import re
 import signal
-import threading
 import time
 
 import pytest
 
+from tests.procscan import ProcScanner
 from tests.system import harness
+from tests.system.harness import wait_until
 from tests.system.conftest import REPO, _print_on_failure
 from tests.system.test_install import assert_active
 
@@ -196,16 +197,6 @@ def show(request, text):
 
 def prop(machine, name, unit="celery-worker"):
     return machine.run(["systemctl", "show", "-p", name, "--value", unit]).stdout.strip()
-
-
-def wait_until(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def rabbitmqctl(machine, *args):
@@ -516,30 +507,6 @@ def test_a_task_cannot_write_etc_or_usr_read_root_or_open_a_raw_socket(machine):
     assert exposure <= 2.0
 
 
-class ProcScanner(threading.Thread):
-    """Read every /proc/*/cmdline on the host (the container's processes included)."""
-
-    def __init__(self):
-        super().__init__(daemon=True)
-        self.cmdlines, self.rounds, self.done = set(), 0, threading.Event()
-
-    def run(self):
-        while not self.done.is_set():
-            for pid in os.listdir("/proc"):
-                if pid.isdigit():
-                    try:
-                        with open(f"/proc/{pid}/cmdline", "rb") as f:
-                            self.cmdlines.add(f.read())
-                    except OSError:
-                        pass
-            self.rounds += 1
-            time.sleep(0.003)
-
-    def stop(self):
-        self.done.set()
-        self.join()
-
-
 def password(machine):
     with open(machine.root + CREDENTIALS) as f:
         return re.search(r"^\s*password:\s*'?([^'\s]+)'?\s*$", f.read(), re.M).group(1)
@@ -587,12 +554,12 @@ def test_the_password_is_nowhere_but_the_credentials_file_through_rotation(machi
     modes = {path: machine.run(["stat", "-c", "%U:%G %a", path]).stdout.strip()
              for path in holders}
     RESULTS[machine.suite]["secrets"] = {
-        "argv samples": len(scanner.cmdlines), "scan rounds": scanner.rounds,
+        "argv samples": len(scanner.seen), "scan rounds": scanner.rounds,
         "files holding the password": modes, "journal lines": journal.count("\n")}
     assert scanner.rounds > 50
-    assert any(b"celeryd-admin\0rotate-password" in line for line in scanner.cmdlines)
+    assert any(b"celeryd-admin\0rotate-password" in line for line in scanner.seen)
     for secret in (old, new):
-        assert not [line for line in scanner.cmdlines if secret.encode() in line]
+        assert not [line for line in scanner.seen if secret.encode() in line]
         assert secret not in proc
         assert secret not in journal
         for output in outputs:
