@@ -267,6 +267,7 @@ def test_upgrade_keeps_credentials_and_local_edits_and_restarts_the_worker(machi
     version = machine.run(["dpkg-query", "-W", "-f", "${Version}", "celeryd"]).stdout
     assert version == UPGRADE_VERSION
     assert sha256(machine, CREDENTIALS) == credentials
+    assert stat(machine, CREDENTIALS) == "root:celery 640"
     assert "  concurrency: 3" in machine.run(["cat", CONFIG]).stdout
     assert_active(machine, "celery-worker")
     assert show(machine, "MainPID") != pid  # the new code runs
