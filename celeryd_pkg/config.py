@@ -228,8 +228,8 @@ def _apply_file(values, path, sources, allowed=None):
         permitted = (allowed or SCHEMA).get(section)
         if section not in SCHEMA or permitted is None:
             choices = ", ".join(allowed or SCHEMA)
-            problems.append(f"celeryd: {where}: unknown section '{_shown(section)}' (expected one of "
-                            f"{choices})")
+            problems.append(f"celeryd: {where}: unknown section '{_shown(section)}' (expected "
+                            f"one of {choices})")
             continue
         if body is None:
             continue
@@ -240,7 +240,8 @@ def _apply_file(values, path, sources, allowed=None):
             where = f"{path}: line {lines.get((section, key), '?')}"
             if key not in permitted:
                 hint = "" if key not in SCHEMA[section] else " (not allowed in this file)"
-                problems.append(f"celeryd: {where}: unknown key '{_shown(section)}.{_shown(key)}'{hint}")
+                problems.append(f"celeryd: {where}: unknown key "
+                                f"'{_shown(section)}.{_shown(key)}'{hint}")
                 continue
             _set(values, (section, key), value, where, problems)
     if problems:
