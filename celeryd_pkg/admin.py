@@ -251,13 +251,6 @@ def _host_port(netloc, bad, default_port):
     return host.lower(), int(port_text)
 
 
-def _display(broker):
-    host = f"[{broker['host']}]" if ":" in broker["host"] else broker["host"]
-    scheme = "amqps" if broker.get("tls") else "amqp"
-    return (f"{scheme}://{quote(broker['user'], safe='')}:***@{host}:{broker['port']}/"
-            f"{quote(broker['vhost'], safe='')}")
-
-
 def _read_url(value):
     if value != "-":
         return value
@@ -359,7 +352,7 @@ def cmd_join(args):
     ca_pem = broker.pop("ca", None)
     if args.allow_plain:
         broker["allow_plain"] = True
-    elif not broker["tls"] and broker["host"] not in config.LOCAL_HOSTS:
+    elif not broker["tls"] and not config.is_local_host(broker["host"]):
         print(f"celeryd-admin: warning: plain amqp:// to {broker['host']}: the password and "
               f"every task cross the network unencrypted; use an amqps:// join string "
               f"(celeryd-admin tls-setup on the broker host) or --allow-plain",
@@ -370,7 +363,7 @@ def cmd_join(args):
         broker["ca_file"] = str(main_file.parent / "broker-ca.pem")
         files.replace(broker["ca_file"], ca_pem)
     credentials.write(path, broker, gid)
-    print(f"joined {_display(broker)}; check with: celeryd-admin check")
+    print(f"joined {mask_url(join_string(broker))}; check with: celeryd-admin check")
     return 0
 
 

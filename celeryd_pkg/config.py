@@ -8,7 +8,8 @@ from urllib.parse import quote
 from celeryd_pkg.errors import ConfigError
 from celeryd_pkg.schema import CREDENTIAL_KEYS, PORTS, SCHEMA, defaults
 
-__all__ = ["Config", "load", "read_credentials", "config_paths", "DEFAULT_CONFIG"]
+__all__ = ["Config", "load", "read_credentials", "config_paths", "is_local_host",
+           "DEFAULT_CONFIG"]
 
 DEFAULT_CONFIG = "/etc/celeryd/celeryd.yaml"
 ENV_PREFIX = "CELERYD_"
@@ -69,11 +70,16 @@ class Config:
         """Return a warning when the password and tasks would cross the network in clear
         (plain AMQP to a broker not on this host, not explicitly allowed), else None."""
         b = self.broker
-        if b.tls or b.allow_plain or b.host.lower() in LOCAL_HOSTS or b.host.startswith("127."):
+        if b.tls or b.allow_plain or is_local_host(b.host):
             return None
         return (f"celeryd: warning: broker {b.host} is not on this host and broker.tls is off: "
                 f"the password and every task cross the network unencrypted; set broker.tls: "
                 f"true (celeryd-admin join amqps://...) or broker.allow_plain: true")
+
+
+def is_local_host(host):
+    """Whether host names this machine (loopback), so nothing crosses the network."""
+    return host.lower() in LOCAL_HOSTS or host.startswith("127.")
 
 
 def config_paths(config_file=None, env=os.environ):

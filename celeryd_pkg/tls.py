@@ -9,7 +9,6 @@ import contextlib
 import grp
 import ipaddress
 import os
-import shutil
 import ssl
 import subprocess
 import tempfile
@@ -90,12 +89,13 @@ def setup(ca, rabbitmq_dir, names, group="rabbitmq", port=TLS_PORT, openssl="ope
         _openssl(openssl, "x509", "-req", "-in", tmp / "server.csr", "-CA", ca.cert,
                  "-CAkey", ca.key, "-set_serial", str(int.from_bytes(os.urandom(8), "big")),
                  "-days", str(SERVER_DAYS), "-extfile", extensions, "-out", tmp / "server.pem")
+        prog = "celeryd-admin tls-setup"
         # The broker (group rabbitmq) reads its key; nobody else does.
-        _install(tmp / "server.key", out / "server.key", 0o640, gid)
-        _install(tmp / "server.pem", out / "server.pem", 0o644)
-        _install(ca.cert, out / "ca.pem", 0o644)
+        files.replace(out / "server.key", (tmp / "server.key").read_bytes(), prog, 0o640, gid)
+        files.replace(out / "server.pem", (tmp / "server.pem").read_bytes(), prog)
+        files.replace(out / "ca.pem", ca.cert.read_bytes(), prog)
     written += [str(out / name) for name in ("server.key", "server.pem", "ca.pem")]
-    files.replace(conf, RABBITMQ_CONF.format(port=port, dir=out), "celeryd-admin tls-setup")
+    files.replace(conf, RABBITMQ_CONF.format(port=port, dir=out), prog)
     written.append(str(conf))
     return written
 
@@ -142,20 +142,6 @@ def _openssl(openssl, *args):
     if result.returncode:
         detail = (result.stderr.strip().splitlines() or ["no message"])[-1]
         raise CelerydError(f"celeryd-admin tls-setup: openssl {args[0]} failed: {detail}")
-
-
-def _install(source, target, mode, gid=None):
-    """Copy source over target atomically with mode (and group gid), owner root."""
-    tmp = target.with_name(f".{target.name}.tmp")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f, open(source, "rb") as src:
-        if gid is not None:
-            os.fchown(f.fileno(), 0, gid)
-        os.fchmod(f.fileno(), mode)
-        shutil.copyfileobj(src, f)
-    os.replace(tmp, target)
 
 
 @contextlib.contextmanager
