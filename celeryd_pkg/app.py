@@ -1,7 +1,8 @@
 """Build the Celery app from celeryd's config, with the reliable settings always on.
 
 `celery -A celeryd_pkg.app inspect ping` (and Flower) work with the same config and
-credentials, so operators keep the Celery tooling they know.
+credentials, so operators keep the Celery tooling they know. The control-only app (no task
+code imported) serves celeryd-admin and `celery -A celeryd_pkg.admin.control inspect ...`.
 """
 
 import importlib
@@ -11,17 +12,35 @@ from celery import Celery
 from kombu import Exchange, Queue
 
 from celeryd_pkg import config as config_module
-from celeryd_pkg import tasks
 from celeryd_pkg.broker import ssl_options
 from celeryd_pkg.errors import ConfigError
 
-__all__ = ["make_app", "app"]
+__all__ = ["make_app", "make_control_app", "node_name", "app"]
+
+
+def node_name(config, instance=None):
+    """Return the worker's node name: worker.name, else NAME@HOST (celery@HOST by default)."""
+    import socket
+
+    return config.worker.name or f"{instance or 'celery'}@{socket.gethostname()}"
 
 
 def make_app(config):
+    """Given a Config, return the worker's Celery app: the control app's settings, the built-in
+    tasks and the operator's task modules. Raise ConfigError if a task module cannot be
+    imported."""
+    from celeryd_pkg import tasks
+
+    app = make_control_app(config)
+    tasks.register(app)
+    _import_task_modules(config)
+    return app
+
+
+def make_control_app(config):
     """Given a Config, return a Celery app with json-only, late-ack, durable, confirmed
-    messaging, the built-in tasks and the operator's task modules. Raise ConfigError if a
-    task module cannot be imported."""
+    messaging and no task imported: enough to control, inspect and ping the workers without
+    running operator code."""
     app = Celery("celeryd", set_as_current=True)
     queues = [Queue(name, Exchange(name, type="direct", durable=True), routing_key=name,
                     durable=True) for name in config.worker.queues]
@@ -59,8 +78,6 @@ def make_app(config):
         worker_redirect_stdouts=True,
         enable_utc=True,
     )
-    tasks.register(app)
-    _import_task_modules(config)
     return app
 
 

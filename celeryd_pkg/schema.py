@@ -2,7 +2,7 @@
 
 from collections import namedtuple
 
-__all__ = ["Key", "SCHEMA", "CREDENTIAL_KEYS", "PORTS", "defaults"]
+__all__ = ["Key", "SCHEMA", "defaults"]
 
 # One configuration key: its Python type, default and a one-line description; optional
 # says None is a valid value; minimum bounds an int. (A namedtuple, not a dataclass:
@@ -26,21 +26,23 @@ SCHEMA = {
             int, 4, "Seconds to wait for a TCP connection to the broker.", minimum=1
         ),
         "heartbeat": Key(int, 60, "AMQP heartbeat in seconds (0 disables).", minimum=0),
-        "tls": Key(bool, False, "Connect with TLS (amqps); join turns it on for a TLS broker."),
+        "tls": Key(bool, False, "Connect with TLS (amqps); `celeryd-admin join amqps://...` "
+                               "sets it, with ca_file and port, in the credentials file."),
         "ca_file": Key(
             str, None, "CA certificate(s) to verify the broker with (default: the system's).",
             optional=True,
         ),
-        "cert_file": Key(str, None, "Client certificate for TLS, if the broker asks for one.",
+        "cert_file": Key(str, None, "Client certificate for TLS, if the broker asks for one (set key_file too).",
                          optional=True),
-        "key_file": Key(str, None, "Private key of cert_file.", optional=True),
-        "verify": Key(bool, True, "Verify the broker's TLS certificate and host name."),
+        "key_file": Key(str, None, "Private key of cert_file (set both or neither).", optional=True),
+        "verify": Key(bool, True, "Verify the broker's TLS certificate and host name (leave this on)."),
         "server_name": Key(
             str, None, "Name expected in the broker's certificate (default: broker.host).",
             optional=True,
         ),
         "allow_plain": Key(
-            bool, False, "Use plain AMQP to a broker on another host without a warning.",
+            bool, False, "Use plain AMQP to a broker on another host without the warning printed at every "
+            "start (only on a network you trust).",
         ),
     },
     "worker": {
@@ -61,8 +63,8 @@ SCHEMA = {
         ),
     },
     "tasks": {
-        "modules": Key(list, [], "Extra Python modules with your own tasks, imported at start."),
-        "pythonpath": Key(list, [], "Directories prepended to sys.path to find those modules."),
+        "modules": Key(list, [], "Your task modules, imported at start, e.g. [myapp.tasks]."),
+        "pythonpath": Key(list, [], "Directories prepended to sys.path to find them, e.g. [/srv/myapp]."),
         "time_limit": Key(
             int, None, "Hard time limit per task in seconds (unset: none).", optional=True,
             minimum=1,
@@ -76,11 +78,6 @@ SCHEMA = {
         "queue": Key(str, "celery", "Queue celery-submit sends to by default."),
     },
 }
-
-# The only keys the credentials file may set: where the broker is and how to log in.
-CREDENTIAL_KEYS = {"broker": {"host", "port", "vhost", "user", "password", "tls", "ca_file",
-                              "server_name", "allow_plain"}}
-PORTS = {False: 5672, True: 5671}  # AMQP, AMQPS
 
 
 def defaults():

@@ -2,7 +2,6 @@
 
 import argparse
 import json
-import os
 import socket
 import sys
 import time
@@ -11,13 +10,11 @@ import uuid
 from celeryd_pkg.errors import (
     BrokerUnreachable, CelerydError, ResultTimeout, TaskFailed, UsageError, report,
 )
-from celeryd_pkg.tasks import NAMESPACE
+from celeryd_pkg.protocol import NAMESPACE, REPLY_TO, build_message
 
 __all__ = ["main", "parse_args", "parse_value", "task_name", "build_message"]
 
 READY_STATES = {"SUCCESS", "FAILURE", "REVOKED"}
-# RabbitMQ's direct reply-to: results come back without a reply queue to declare.
-REPLY_TO = "amq.rabbitmq.reply-to"
 
 
 class Parser(argparse.ArgumentParser):
@@ -77,31 +74,6 @@ def parse_value(text):
         return text
     except RecursionError:
         raise UsageError(f"celery-submit: argument {text[:20]}...: nested too deeply") from None
-
-
-def build_message(task, args, kwargs, task_id, reply_to=None, countdown=None, now=None):
-    """Return (body, properties) of a Celery task message, protocol 2, JSON."""
-    eta = None
-    if countdown:
-        from datetime import datetime, timedelta, timezone
-
-        eta = ((now or datetime.now(timezone.utc)) + timedelta(seconds=countdown)).isoformat()
-    headers = {
-        "lang": "py", "task": task, "id": task_id, "shadow": None, "eta": eta, "expires": None,
-        "group": None, "group_index": None, "retries": 0, "timelimit": [None, None],
-        "root_id": task_id, "parent_id": None, "argsrepr": repr(tuple(args)),
-        "kwargsrepr": repr(kwargs), "origin": f"{os.getpid()}@{socket.gethostname()}",
-        "ignore_result": reply_to is None,
-    }
-    embed = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
-    body = json.dumps([list(args), kwargs, embed])
-    properties = {
-        "content_type": "application/json", "content_encoding": "utf-8",
-        "correlation_id": task_id, "delivery_mode": 2, "priority": 0, "application_headers": headers,
-    }
-    if reply_to:
-        properties["reply_to"] = reply_to
-    return body, properties
 
 
 def submit(config, args):

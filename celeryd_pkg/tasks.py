@@ -2,10 +2,9 @@
 
 import time
 
-__all__ = ["NAMESPACE", "register"]
+from celeryd_pkg.protocol import NAMESPACE
 
-# celery-submit resolves a bare task name ("add") to NAMESPACE + name.
-NAMESPACE = "celeryd."
+__all__ = ["NAMESPACE", "register"]
 
 
 def add(x, y):

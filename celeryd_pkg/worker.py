@@ -4,7 +4,6 @@ import argparse
 import atexit
 import logging
 import os
-import socket
 import sys
 
 from celeryd_pkg import config as config_module
@@ -37,12 +36,6 @@ def load_config(args):
     return config_module.load(args.config, overrides, instance=args.instance)
 
 
-def node_name(config, instance):
-    if config.worker.name:
-        return config.worker.name
-    return f"{instance or 'celery'}@{socket.gethostname()}"
-
-
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
@@ -52,7 +45,7 @@ def main(argv=None):
         if warning:
             print(warning, file=sys.stderr, flush=True)
         _refuse_bad_login(config)
-        from celeryd_pkg.app import make_app
+        from celeryd_pkg.app import make_app, node_name
 
         app = make_app(config)
     except CelerydError as error:

@@ -7,10 +7,11 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+import yaml
 
 from celeryd_pkg import broker, config
+from celeryd_pkg.admin.provision import DEFER_MESSAGE
 from celeryd_pkg.errors import AccessRefused
-from celeryd_pkg.provision import DEFER_MESSAGE
 from tests.integration.broker import free_port
 from tests.integration.conftest import clean_env, run_module
 from tests.procscan import ProcScanner
@@ -288,3 +289,14 @@ def test_the_generated_password_is_never_in_any_process_arguments_environment_or
         assert password.encode() not in seen
         for result in (first, rotated, again):
             assert password not in result.stdout + result.stderr
+
+
+def test_provision_without_flags_creates_the_user_and_vhost_named_in_the_config(
+        rabbitmq, etc, names):
+    # etc's celeryd.yaml names this test's own user and vhost; no --user, no --vhost.
+    result = admin(rabbitmq, "provision", "--config", str(etc), "--group", "root")
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+    stored = yaml.safe_load((etc.parent / "credentials").read_text())["broker"]
+    assert (stored["user"], stored["vhost"]) == (names["user"], names["vhost"])
+    assert names["user"] in rabbitmq.ctl("list_users").stdout.split()
+    login(etc)

@@ -2,6 +2,7 @@
 says so in STATUS=, and `resume` brings it back; nothing is lost."""
 
 import json
+import shutil
 import subprocess
 import time
 
@@ -60,3 +61,37 @@ def test_drain_of_a_worker_that_is_not_running_exits_1_with_one_line(rabbitmq, c
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1 and "did not answer" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_check_drain_resume_and_inspect_import_no_task_code(rabbitmq, config_file, start_worker,
+                                                            tmp_path):
+    # The worker runs with a healthy config; the admin's config names a task module that
+    # raises on import, and the control-only app must never import it.
+    start_worker(config_file, "--instance", "ctl")
+    code_dir = tmp_path / "code"
+    code_dir.mkdir()
+    (code_dir / "boom.py").write_text("raise RuntimeError('operator code ran')\n")
+    broken = tmp_path / "admin-etc"
+    shutil.copytree(config_file.parent, broken)
+    with open(broken / "celeryd.yaml", "a") as f:
+        f.write(f"tasks:\n  modules: [boom]\n  pythonpath: ['{code_dir}']\n")
+
+    checked = admin(rabbitmq, "check", "--config", str(broken / "celeryd.yaml"))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "OK   workers: 1 consuming queue 'celery': ctl@" in checked.stdout
+    for command in ("drain", "resume"):
+        result = admin(rabbitmq, command, "ctl", "--config", str(broken / "celeryd.yaml"))
+        assert result.returncode == 0, result.stderr
+        assert "operator code ran" not in result.stdout + result.stderr
+    inspected = subprocess.run(
+        [PYTHON, "-m", "celery", "-A", "celeryd_pkg.admin.control", "inspect", "ping",
+         "--timeout", "5"], env=clean_env(CELERYD_CONFIG=str(broken / "celeryd.yaml")),
+        capture_output=True, text=True, timeout=60, cwd="/")
+    assert inspected.returncode == 0, inspected.stderr
+    assert "pong" in inspected.stdout and "operator code ran" not in inspected.stderr
+    # ...whereas the worker's own app does import it, and says so.
+    worker_app = subprocess.run(
+        [PYTHON, "-c", "import celeryd_pkg.app as a; a.app"],
+        env=clean_env(CELERYD_CONFIG=str(broken / "celeryd.yaml")), capture_output=True,
+        text=True, timeout=60, cwd="/")
+    assert "cannot import 'boom'" in worker_app.stderr

@@ -8,7 +8,8 @@ import subprocess
 import amqp
 import pytest
 
-from celeryd_pkg import broker, config, tls
+from celeryd_pkg import broker, config
+from celeryd_pkg.admin import tls
 from celeryd_pkg.errors import BrokerUnreachable, TlsFailed, VhostRefused
 from tests.integration.broker import RabbitMQ
 from tests.integration.conftest import submit, write_config

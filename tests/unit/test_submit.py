@@ -1,7 +1,4 @@
-"""celery-submit's argument handling and task messages, without a broker."""
-
-import json
-from datetime import datetime, timezone
+"""celery-submit's argument handling and result output, without a broker."""
 
 import pytest
 
@@ -67,27 +64,6 @@ def test_main_exits_3_on_a_broken_config_naming_it(capsys, tmp_path):
     broken.write_text("broker:\n  port: many\n")
     assert module.main(["add", "1", "2", "--config", str(broken)]) == 3
     assert f"{broken}: line 2: broker.port: expected an integer" in capsys.readouterr().err
-
-
-def test_task_message_is_celery_protocol_2_json():
-    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
-    body, props = module.build_message("celeryd.add", [4, 4], {"k": 1}, "id-1",
-                                       reply_to="amq.rabbitmq.reply-to", countdown=10, now=now)
-    args, kwargs, embed = json.loads(body)
-    assert (args, kwargs) == ([4, 4], {"k": 1})
-    assert embed == {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
-    headers = props["application_headers"]
-    assert headers["task"] == "celeryd.add" and headers["id"] == "id-1"
-    assert headers["eta"] == "2026-01-01T00:00:10+00:00"
-    assert headers["ignore_result"] is False
-    assert props["content_type"] == "application/json" and props["delivery_mode"] == 2
-    assert props["correlation_id"] == "id-1" and props["reply_to"] == "amq.rabbitmq.reply-to"
-
-
-def test_no_wait_message_asks_for_no_result():
-    _, props = module.build_message("celeryd.add", [], {}, "id-2")
-    assert "reply_to" not in props and props["application_headers"]["eta"] is None
-    assert props["application_headers"]["ignore_result"] is True
 
 
 @pytest.mark.parametrize("result, printed", [

@@ -1,25 +1,25 @@
-"""A small CA of our own and RabbitMQ's TLS listener, for `celeryd-admin tls-setup`.
+"""celeryd-admin tls-setup: a small CA of our own and RabbitMQ's TLS listener.
 
 The broker host keeps the CA key; workers and clients get only the CA certificate, inside
 their join string. openssl does the cryptography (no Python crypto library needed).
 """
 
-import base64
 import contextlib
 import grp
 import ipaddress
 import os
-import ssl
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
-from celeryd_pkg import files
-from celeryd_pkg.errors import CelerydError, ConfigError, UsageError
+from celeryd_pkg import account, config, files
+from celeryd_pkg.admin import systemctl
+from celeryd_pkg.admin.cli import Command, config_option
+from celeryd_pkg.errors import BrokerUnreachable, CelerydError, ConfigError, UsageError
 
-__all__ = ["TLS_PORT", "CaFiles", "ca_files", "setup", "encode_ca", "decode_ca", "RABBITMQ_CONF"]
+__all__ = ["CaFiles", "ca_files", "setup", "RABBITMQ_CONF", "COMMANDS"]
 
-TLS_PORT = 5671
 CA_DAYS, SERVER_DAYS = 3650, 825
 CURVE = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
 RABBITMQ_CONF = """\
@@ -50,7 +50,8 @@ def ca_files(etc_dir):
     return CaFiles(Path(etc_dir) / "tls")
 
 
-def setup(ca, rabbitmq_dir, names, group="rabbitmq", port=TLS_PORT, openssl="openssl"):
+def setup(ca, rabbitmq_dir, names, group="rabbitmq", port=account.PORTS["amqps"],
+          openssl="openssl"):
     """Create the CA (kept if present), a broker certificate for names (host names or IP
     addresses, all in its subjectAltName) signed by it, and RabbitMQ's conf.d file for a TLS
     listener on port. Return the list of files written."""
@@ -100,27 +101,6 @@ def setup(ca, rabbitmq_dir, names, group="rabbitmq", port=TLS_PORT, openssl="ope
     return written
 
 
-def encode_ca(path):
-    """Return the CA certificate at path as base64url DER, for a join string."""
-    der = ssl.PEM_cert_to_DER_cert(Path(path).read_text())
-    return base64.urlsafe_b64encode(der).decode().rstrip("=")
-
-
-def decode_ca(text):
-    """Return the PEM certificate carried by a join string's base64url DER. Raise ValueError
-    if it is not a certificate."""
-    der = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    if len(der) < 64 or der[0] != 0x30:  # an X.509 certificate is a DER SEQUENCE
-        raise ValueError("not a DER certificate")
-    pem = ssl.DER_cert_to_PEM_cert(der)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    try:
-        context.load_verify_locations(cadata=pem)
-    except ssl.SSLError as error:
-        raise ValueError(str(error)) from None
-    return pem
-
-
 def _san_entry(name):
     try:
         return f"IP:{ipaddress.ip_address(name)}"
@@ -151,3 +131,38 @@ def _umask(mask):
         yield
     finally:
         os.umask(old)
+
+
+def action_tls_setup(args):
+    import socket
+
+    names = args.name or [socket.getfqdn()]
+    setup(ca_files(config.config_paths(args.config)[0].parent), args.rabbitmq_dir, names,
+          args.rabbitmq_group)
+    if systemctl.is_active("rabbitmq-server"):
+        # The listener and certificate are read at start only.
+        if not systemctl.restart("rabbitmq-server"):
+            raise BrokerUnreachable("celeryd-admin tls-setup: rabbitmq-server did not "
+                                    "restart: journalctl -u rabbitmq-server")
+    else:
+        print(f"celeryd-admin: TLS configured in {args.rabbitmq_dir}; it takes effect when "
+              f"rabbitmq-server next starts", file=sys.stderr)
+    return 0
+
+
+def _arguments(parser):
+    parser.add_argument("--name", action="append", default=[], metavar="HOST",
+                        help="a host name or address the broker is reached by (repeatable; "
+                             "default: this host's FQDN); each goes into the certificate")
+    parser.add_argument("--rabbitmq-dir", default="/etc/rabbitmq", metavar="DIR",
+                        help="RabbitMQ's configuration directory (default /etc/rabbitmq)")
+    parser.add_argument("--rabbitmq-group", default="rabbitmq", metavar="GROUP",
+                        help="group the broker runs as, to read its key (default rabbitmq)")
+    config_option(parser)
+
+
+COMMANDS = (
+    Command("tls-setup", "create a CA and a broker certificate, and configure RabbitMQ's TLS "
+                         "listener (port 5671); join strings printed afterwards carry the CA",
+            action_tls_setup, _arguments),
+)

@@ -1,32 +1,15 @@
-"""Create, keep and remove celeryd's RabbitMQ account through rabbitmqctl, idempotently."""
+"""rabbitmqctl as a subprocess: the broker host's admin tool, a password only ever on stdin."""
 
 import json
-import logging
 import os
-import secrets
 import subprocess
 
-from celeryd_pkg import credentials
 from celeryd_pkg.errors import BrokerUnreachable, CelerydError, UsageError
 
-__all__ = [
-    "RABBITMQCTL", "DEFER_MESSAGE", "NodeDown", "Rabbitmqctl", "provision", "deprovision",
-    "provision_remote", "ROLES",
-    "new_password", "check_name",
-]
-
-logger = logging.getLogger(__name__)
+__all__ = ["RABBITMQCTL", "FULL", "NodeDown", "Rabbitmqctl", "check_name"]
 
 RABBITMQCTL = "/usr/sbin/rabbitmqctl"
-DEFER_MESSAGE = ("celeryd: no running RabbitMQ broker here; the setup finishes by itself when "
-                 "rabbitmq-server starts here, or run: celeryd-admin provision (or "
-                 "celeryd-admin join for a remote broker)")
 FULL = (".*", ".*", ".*")
-# A submit-only client (configure, write, read): it may publish to task exchanges (named
-# after their queues) but not to the default exchange, the workers' control (pidbox) and
-# event exchanges or amq.*; it reads only its own direct reply-to; it declares nothing.
-CLIENT = ("^$", r"^(?!amq\.|celeryev$|.*pidbox$).+$", r"^amq\.rabbitmq\.reply-to$")
-ROLES = {"worker": FULL, "client": CLIENT}
 # rabbitmqctl's exit codes (sysexits.h), measured with RabbitMQ 3.10.
 EX_DATAERR, EX_NOUSER = 65, 67
 # What rabbitmqctl says when there is no node to talk to, or the node's rabbit app is stopped.
@@ -35,11 +18,6 @@ NODE_DOWN = ("unable to perform an operation on node", "requires the 'rabbit' ap
 
 class NodeDown(BrokerUnreachable):
     """No local broker to provision: rabbitmqctl is not installed or the node is not running."""
-
-
-def new_password():
-    """Return a fresh broker password from the CSPRNG (43 URL-safe characters)."""
-    return secrets.token_urlsafe(32)
 
 
 def check_name(kind, name):
@@ -136,91 +114,6 @@ class Rabbitmqctl:
 
     def set_permissions(self, vhost, user, permissions=FULL):
         self.run("set_permissions", "-p", vhost, user, *permissions)
-
-
-def provision(ctl, path, user, vhost, gid, rotate=False):
-    """Make sure vhost, user (with the password in the credentials file at path) and full
-    permissions on that vhost only exist, writing the file when it lacks a usable password
-    or rotate is set. Return the list of changes made (empty when everything was in place).
-    Raise NodeDown when there is no broker to talk to."""
-    check_name("user", user)
-    check_name("vhost", vhost)
-    # celeryd-provision.service may run this as RabbitMQ comes up while an admin runs it
-    # too: one at a time, or both would set a password.
-    with credentials.locked(path):
-        return _provision(ctl, path, user, vhost, gid, rotate)
-
-
-def _provision(ctl, path, user, vhost, gid, rotate):
-    changes = []
-    stored = credentials.read(path)
-    password = stored.get("password") if stored.get("user", user) == user else None
-    exists = user in ctl.users()
-    granted = ctl.permissions(user).get(vhost) if exists else None
-    # Permissions on the vhost prove it exists: a re-run needs three reads and no write.
-    if granted is None and vhost not in ctl.vhosts():
-        ctl.add_vhost(vhost)
-        changes.append(f"added vhost {vhost}")
-    if rotate or not password:
-        # Temp file first, then the broker, then the rename: a failure leaves a matching pair.
-        fresh = new_password()
-        with credentials.staged(path, {"vhost": vhost, "user": user, "password": fresh}, gid):
-            if exists:
-                ctl.change_password(user, fresh)
-            else:
-                ctl.add_user(user, fresh)
-        changes.append(f"{'set a new password for' if exists else 'added'} user {user}; "
-                       f"wrote {path}")
-    elif not exists:
-        ctl.add_user(user, password)
-        changes.append(f"added user {user} with the password from {path}")
-    elif not ctl.authenticate(user, password):
-        # The file is the source of truth: the workers read it.
-        ctl.change_password(user, password)
-        changes.append(f"reset the password of user {user} to the one in {path}")
-    elif stored.get("vhost", vhost) != vhost:
-        # Same password, another vhost: the workers must follow the file to the new one.
-        credentials.write(path, {**stored, "vhost": vhost, "user": user}, gid)
-        changes.append(f"wrote vhost {vhost} to {path}")
-    if granted != FULL:
-        ctl.set_permissions(vhost, user)
-        changes.append(f"granted user {user} full permissions on vhost {vhost}")
-    for change in changes:
-        logger.info("celeryd-admin: %s", change)
-    return changes
-
-
-def provision_remote(ctl, user, vhost, role):
-    """Make an account for another host: user with a fresh password and the role's
-    permissions (ROLES) on vhost only. Return the password, for the join string: the broker
-    host keeps no copy, so every call issues a new one (and the old join string stops
-    working)."""
-    check_name("user", user)
-    check_name("vhost", vhost)
-    if vhost not in ctl.vhosts():
-        ctl.add_vhost(vhost)
-    password = new_password()
-    if user in ctl.users():
-        ctl.change_password(user, password)
-    else:
-        ctl.add_user(user, password)
-    ctl.set_permissions(vhost, user, ROLES[role])
-    return password
-
-
-def deprovision(ctl, path, user, vhost, delete_vhost=False):
-    """Delete the broker user (and vhost if asked), then the credentials file. Return the list
-    of changes made (empty when all was already gone). Raise NodeDown as provision does."""
-    check_name("user", user)
-    check_name("vhost", vhost)
-    changes = []
-    if ctl.delete_user(user):
-        changes.append(f"deleted user {user}")
-    if delete_vhost and ctl.delete_vhost(vhost):
-        changes.append(f"deleted vhost {vhost}")
-    if credentials.remove(path):
-        changes.append(f"removed {path}")
-    return changes
 
 
 def _summary(text, secret):

@@ -1,12 +1,16 @@
-"""celeryd-admin check: config, DNS, TCP, AMQP login, vhost and live workers, one line each."""
+"""celeryd-admin check: config, DNS, TCP, AMQP login, vhost and live workers, one line each.
+
+No task code is imported: the ping goes through the control-only app.
+"""
 
 import dataclasses
 import os
 import socket
 
+from celeryd_pkg.admin.cli import Command, config_option
 from celeryd_pkg.errors import CelerydError
 
-__all__ = ["STEPS", "Result", "run", "diagnose"]
+__all__ = ["STEPS", "Result", "run", "diagnose", "COMMANDS"]
 
 STEPS = ("config", "dns", "tcp", "login", "vhost", "workers")
 PING_TIMEOUT = 2.0
@@ -189,10 +193,10 @@ def _workers(state):
 def _ping(settings, timeout):
     """Return the node names that answer a ping, or [] when this account may not ask (a
     submit-only client cannot publish to the workers' control exchange)."""
-    from celeryd_pkg.app import make_app
+    from celeryd_pkg.app import make_control_app
 
     try:
-        app = make_app(settings)
+        app = make_control_app(settings)
         try:
             replies = app.control.ping(timeout=timeout)
         finally:
@@ -200,3 +204,13 @@ def _ping(settings, timeout):
     except Exception:  # noqa: BLE001 - naming the workers is a bonus; counting them sufficed
         return []
     return sorted(name for reply in replies for name in reply)
+
+
+def action_check(args):
+    return run(args.config, out=lambda line: print(line, flush=True))
+
+
+COMMANDS = (
+    Command("check", "diagnose config, DNS, TCP, AMQP login, vhost permissions and live "
+                     "workers", action_check, config_option),
+)

@@ -1,0 +1,229 @@
+"""The broker account: where the broker is and how to log in, as a URL and as the credentials file.
+
+One owner for the keys the credentials file may hold, the port table, the account URL (masked
+for display, or a join string carrying the broker's CA) and the file's reading and writing.
+"""
+
+import contextlib
+import grp
+import os
+from pathlib import Path
+from urllib.parse import quote, unquote
+
+from celeryd_pkg import files
+from celeryd_pkg.errors import ConfigError, UsageError
+
+__all__ = ["KEYS", "PORTS", "MODE", "default_port", "to_url", "from_url", "mask_url",
+           "encode_ca", "decode_ca", "load", "render", "save", "staged", "locked", "remove",
+           "resolve_group"]
+
+# The only keys the credentials file may set, in the order it is written: where the broker is
+# and how to log in (the config loader accepts nothing else in that file).
+KEYS = ("host", "port", "vhost", "user", "password", "tls", "ca_file", "server_name",
+        "allow_plain")
+PORTS = {"amqp": 5672, "amqps": 5671}
+# root:GROUP 0640: the workers (group celery) read the credentials, nobody else does.
+MODE = 0o640
+EXPECTED = "expected amqps://USER:PASSWORD@HOST[:PORT]/VHOST[?ca=...] (or amqp://)"
+
+
+def default_port(tls):
+    """Return the broker port used when none is configured: AMQPS with TLS, else AMQP."""
+    return PORTS["amqps" if tls else "amqp"]
+
+
+def to_url(broker, masked=True, vhost=None, ca_file=None):
+    """Given a broker mapping {host, port, vhost, user, password, tls}, return its AMQP URL (of
+    another vhost if given). The password is '***' when masked; unmasked with ca_file, the URL
+    is a join string carrying that CA certificate."""
+    vhost = broker["vhost"] if vhost is None else vhost
+    password = broker.get("password") or ""
+    secret = "***" if masked and password else quote(password, safe="")
+    auth = quote(broker["user"], safe="") + (":" + secret if password else "")
+    scheme = "amqps" if broker["tls"] else "amqp"
+    host = f"[{broker['host']}]" if ":" in broker["host"] else broker["host"]
+    port = broker.get("port") or default_port(broker["tls"])
+    url = f"{scheme}://{auth}@{host}:{port}/{quote(vhost, safe='')}"
+    return f"{url}?ca={encode_ca(ca_file)}" if ca_file else url
+
+
+def mask_url(text):
+    """Return text with everything between the user name and the last '@' replaced by ***;
+    text that is not URL-shaped enough to tell where a secret is becomes '***'."""
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        scheme, rest = "", text
+    userinfo, at, hostpart = rest.rpartition("@")
+    prefix = f"{scheme}://" if sep else ""
+    if not at:
+        return f"{prefix}***" if ":" in rest or not sep else f"{prefix}{rest}"
+    user = userinfo.partition(":")[0]
+    return f"{prefix}{user}:***@{hostpart}" if ":" in userinfo else f"{prefix}{userinfo}@{hostpart}"
+
+
+def from_url(text):
+    """Given a join string amqp[s]://USER:PASSWORD@HOST[:PORT]/VHOST[?ca=CERT]
+    (percent-encoded; CERT is the broker's CA certificate as base64url DER), return
+    {host, port, vhost, user, password, tls} plus ca (PEM) when given. Raise UsageError
+    naming the wrong part, with the password masked."""
+    text = text.strip()
+    if not text:
+        raise UsageError(f"celeryd-admin join: no URL given: {EXPECTED}")
+    shown = mask_url(text.split("?")[0])
+
+    def bad(part, why):
+        raise UsageError(f"celeryd-admin join: {part}: {why} in {shown}: {EXPECTED}")
+
+    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in text):
+        bad("URL", "whitespace or control characters")
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        bad("scheme", "no 'amqps://'")
+    scheme = scheme.lower()
+    if scheme not in PORTS:
+        bad("scheme", f"'{scheme}' is not amqps or amqp")
+    userinfo, at, hostpart = rest.rpartition("@")
+    if not at:
+        bad("user", "no USER:PASSWORD@ part")
+    user_text, colon, password_text = userinfo.partition(":")
+    user, password = unquote(user_text), unquote(password_text)
+    if not user or any(ord(c) < 32 for c in user):
+        bad("user", "empty or invalid user name")
+    if not colon or not password:
+        bad("password", "no password")
+    if any(ord(c) < 32 or ord(c) == 127 for c in password):
+        bad("password", "control characters")
+    if "#" in hostpart:
+        bad("URL", "a fragment (not supported)")
+    hostpart, _, query = hostpart.partition("?")
+    netloc, slash, path = hostpart.partition("/")
+    host, port = _host_port(netloc, bad, PORTS[scheme])
+    if not slash or not path:
+        bad("vhost", "no vhost (end the URL with /VHOST, e.g. /celery)")
+    if "/" in path:
+        bad("vhost", "a '/' inside the vhost (write it as %2F)")
+    vhost = unquote(path)
+    if any(ord(c) < 32 for c in vhost):
+        bad("vhost", "control characters")
+    broker = {"host": host, "port": port, "vhost": vhost, "user": user, "password": password,
+              "tls": scheme == "amqps"}
+    for item in filter(None, query.split("&")):
+        name, _, value = item.partition("=")
+        if name != "ca":
+            bad("URL", f"an unknown parameter '{name}' (only ca=)")
+        if scheme != "amqps":
+            bad("ca", "a CA certificate with plain amqp:// (use amqps://)")
+        try:
+            broker["ca"] = decode_ca(unquote(value))
+        except ValueError:
+            bad("ca", "not a certificate (copy the whole join string)")
+    return broker
+
+
+def _host_port(netloc, bad, default):
+    if netloc.startswith("["):
+        host, bracket, after = netloc[1:].partition("]")
+        if not bracket or (after and not after.startswith(":")):
+            bad("host", "a malformed [IPv6] address")
+        port_text = after[1:] if after else None
+    else:
+        host, colon, port_text = netloc.partition(":")
+        port_text = port_text if colon else None
+    if not host or not all(c.isalnum() or c in ".-_:" for c in host):
+        bad("host", "no host name or an invalid one")
+    if port_text is None:
+        return host.lower(), default
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        bad("port", f"'{port_text}' is not a port number (1-65535)")
+    return host.lower(), int(port_text)
+
+
+def encode_ca(path):
+    """Return the CA certificate at path as base64url DER, for a join string."""
+    import base64
+    import ssl
+
+    der = ssl.PEM_cert_to_DER_cert(Path(path).read_text())
+    return base64.urlsafe_b64encode(der).decode().rstrip("=")
+
+
+def decode_ca(text):
+    """Return the PEM certificate carried by a join string's base64url DER. Raise ValueError
+    if it is not a certificate."""
+    import base64
+    import ssl
+
+    der = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    if len(der) < 64 or der[0] != 0x30:  # an X.509 certificate is a DER SEQUENCE
+        raise ValueError("not a DER certificate")
+    pem = ssl.DER_cert_to_PEM_cert(der)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        context.load_verify_locations(cadata=pem)
+    except ssl.SSLError as error:
+        raise ValueError(str(error)) from None
+    return pem
+
+
+def load(path):
+    """Given the credentials file path, return its broker mapping ({} if the file is missing).
+    Raise ConfigError naming the file if it is unreadable or malformed (the config loader's
+    own checks: one reader for the worker, the client and the admin)."""
+    from celeryd_pkg.config import read_credentials
+
+    return read_credentials(path)
+
+
+def render(broker):
+    """Given a broker mapping, return the credentials file's text (YAML, fixed key order)."""
+    import yaml
+
+    body = {key: broker[key] for key in KEYS if broker.get(key) is not None}
+    return ("# Broker credentials for celeryd, written by celeryd-admin (root:celery 0640).\n"
+            "# Not a conffile: celeryd-admin provision, join and rotate-password rewrite it.\n"
+            + yaml.safe_dump({"broker": body}, default_flow_style=False, sort_keys=False))
+
+
+def staged(path, broker, gid):
+    """Stage broker as the new credentials file at path (root:gid 0640), renamed into place
+    when the block succeeds (files.staged): act on the broker inside the block, so a failure
+    leaves the old password and the old file as a matching pair."""
+    return files.staged(path, render(broker), mode=MODE, gid=gid)
+
+
+def save(path, broker, gid):
+    """Atomically replace the credentials file at path with broker, root:gid 0640."""
+    files.replace(path, render(broker), mode=MODE, gid=gid)
+
+
+def remove(path):
+    """Remove the credentials file; return whether it existed."""
+    return files.remove(path)
+
+
+@contextlib.contextmanager
+def locked(path):
+    """Hold an exclusive lock on the credentials file's directory for a read-modify-write."""
+    import fcntl
+
+    directory = Path(path).parent
+    try:
+        directory.mkdir(mode=0o755, parents=True, exist_ok=True)
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as error:
+        raise ConfigError(f"celeryd-admin: cannot open {directory} ({error.strerror}); "
+                          f"run as root") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def resolve_group(name):
+    """Given a group name, return its gid. Raise ConfigError if the group does not exist."""
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise ConfigError(f"celeryd-admin: group '{name}' does not exist: install the celeryd "
+                          f"package or pass --group") from None

@@ -1,0 +1,123 @@
+"""celeryd-admin join: the credentials (and the broker's CA) from a join string, and the worker
+units' IPAddressAllow= drop-in for that broker.
+
+The units allow only localhost (IPAddressDeny=any); a worker whose broker is on another host
+must be let through to that host's addresses, and to the resolver's when it is named by DNS.
+"""
+
+import ipaddress
+import os
+import socket
+import sys
+from pathlib import Path
+
+from celeryd_pkg import account, config, files
+from celeryd_pkg.admin import systemctl
+from celeryd_pkg.admin.cli import Command, config_option, group_option
+from celeryd_pkg.errors import BrokerUnreachable, UsageError
+
+__all__ = ["UNITS", "DROPIN", "broker_addresses", "allow_broker", "COMMANDS"]
+
+UNITS = ("celery-worker.service", "celery-worker@.service")
+DROPIN = "50-celeryd-broker.conf"
+UNIT_DIRS = ("lib/systemd/system", "usr/lib/systemd/system")
+
+
+def broker_addresses(host, root="/"):
+    """Return the sorted addresses a worker needs to reach host: its own, and the non-local
+    name servers of root/etc/resolv.conf when host is a name. Raise BrokerUnreachable if it
+    does not resolve."""
+    try:
+        return [str(ipaddress.ip_address(host))]
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as error:
+        raise BrokerUnreachable(f"celeryd-admin join: cannot resolve broker host '{host}' "
+                                f"({getattr(error, 'strerror', None) or error}); nothing "
+                                f"written") from None
+    addresses = {info[4][0] for info in infos}
+    try:
+        with open(Path(root) / "etc/resolv.conf") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) >= 2 and fields[0] == "nameserver":
+                    addresses.add(fields[1])
+    except OSError:
+        pass
+    return sorted(a for a in addresses if not ipaddress.ip_address(a.split("%")[0]).is_loopback)
+
+
+def allow_broker(host, root="/"):
+    """Write the drop-in letting each installed worker unit reach host; reload systemd if it
+    runs. Return the paths written ([] when no worker unit is installed, as on a host with
+    only celery-submit)."""
+    root = Path(root)
+    installed = [unit for unit in UNITS
+                 if any((root / d / unit).exists() for d in UNIT_DIRS)]
+    if not installed:
+        return []
+    addresses = broker_addresses(host, root)
+    text = (f"# Written by celeryd-admin join: the worker may reach its broker {host}.\n"
+            f"[Service]\n" + "".join(f"IPAddressAllow={a}\n" for a in addresses))
+    written = []
+    for unit in installed:
+        path = root / "etc/systemd/system" / f"{unit}.d" / DROPIN
+        files.replace(path, text, "celeryd-admin join")
+        written.append(str(path))
+    systemctl.daemon_reload(root)
+    return written
+
+
+def action_join(args):
+    broker = account.from_url(_read_url(args.url))
+    gid = account.resolve_group(args.group)
+    main_file, _, path, _ = config.config_paths(args.config)
+    ca_pem = broker.pop("ca", None)
+    if args.allow_plain:
+        broker["allow_plain"] = True
+    elif not broker["tls"] and not config.is_local_host(broker["host"]):
+        print(f"celeryd-admin: warning: plain amqp:// to {broker['host']}: the password and "
+              f"every task cross the network unencrypted; use an amqps:// join string "
+              f"(celeryd-admin tls-setup on the broker host) or --allow-plain",
+              file=sys.stderr)
+    # Resolving the broker for the firewall drop-in may fail: before anything is written.
+    allow_broker(broker["host"], os.environ.get("CELERYD_ROOT", "/"))
+    if ca_pem:
+        broker["ca_file"] = str(main_file.parent / "broker-ca.pem")
+        files.replace(broker["ca_file"], ca_pem)
+    account.save(path, broker, gid)
+    print(f"joined {account.to_url(broker)}; check with: celeryd-admin check")
+    return 0
+
+
+def _read_url(value):
+    if value != "-":
+        return value
+    if sys.stdin is None:
+        raise UsageError("celeryd-admin join: no standard input to read the URL from")
+    if sys.stdin.isatty():
+        import getpass
+
+        return getpass.getpass("broker URL (not echoed): ")
+    return sys.stdin.read()
+
+
+def _arguments(parser):
+    parser.add_argument("url", metavar="URL|-",
+                        help="the join string from `celeryd-admin provision --for-host` "
+                             "(amqps://USER:PASSWORD@HOST[:PORT]/VHOST[?ca=...]), or - to read "
+                             "it from stdin (recommended: a command line is visible to every "
+                             "local user)")
+    parser.add_argument("--allow-plain", action="store_true",
+                        help="accept plain amqp:// to another host without TLS (only on a "
+                             "network you trust)")
+    group_option(parser)
+    config_option(parser)
+
+
+COMMANDS = (
+    Command("join", "write the credentials (and the broker's CA) from a join string, and let "
+                    "the worker units reach the broker", action_join, _arguments),
+)

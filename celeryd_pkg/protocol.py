@@ -1,0 +1,51 @@
+"""The task message on the wire, shared by the client and the worker: names and protocol 2."""
+
+import json
+import os
+import socket
+
+__all__ = ["NAMESPACE", "REPLY_TO", "build_message"]
+
+# Built-in tasks are registered as NAMESPACE + name; celery-submit resolves a bare "add" so.
+NAMESPACE = "celeryd."
+# RabbitMQ's direct reply-to: results come back without a reply queue to declare.
+REPLY_TO = "amq.rabbitmq.reply-to"
+# Celery's own cap on the argsrepr/kwargsrepr headers (celery.app.amqp, saferepr(..., 1024)).
+DISPLAY_LIMIT = 1024
+
+
+def build_message(task, args, kwargs, task_id, reply_to=None, countdown=None, now=None):
+    """Return (body, properties) of a Celery task message, protocol 2, JSON."""
+    eta = None
+    if countdown:
+        from datetime import datetime, timedelta, timezone
+
+        eta = ((now or datetime.now(timezone.utc)) + timedelta(seconds=countdown)).isoformat()
+    headers = {
+        "lang": "py", "task": task, "id": task_id, "shadow": None, "eta": eta, "expires": None,
+        "group": None, "group_index": None, "retries": 0, "timelimit": [None, None],
+        "root_id": task_id, "parent_id": None, "argsrepr": _display(tuple(args)),
+        "kwargsrepr": _display(kwargs), "origin": f"{os.getpid()}@{socket.gethostname()}",
+        "ignore_result": reply_to is None,
+    }
+    embed = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+    body = json.dumps([list(args), kwargs, embed])
+    properties = {
+        "content_type": "application/json", "content_encoding": "utf-8",
+        "correlation_id": task_id, "delivery_mode": 2, "priority": 0, "application_headers": headers,
+    }
+    if reply_to:
+        properties["reply_to"] = reply_to
+    return body, properties
+
+
+def _display(value):
+    """Return value's repr for the argsrepr/kwargsrepr headers, capped as Celery caps them: the
+    headers travel in one AMQP frame, and an uncapped copy of large arguments would exceed
+    RabbitMQ's frame size. Celery is imported only for such large values."""
+    text = repr(value)
+    if len(text) <= DISPLAY_LIMIT:
+        return text
+    from celery.utils.saferepr import saferepr
+
+    return saferepr(value, DISPLAY_LIMIT)
