@@ -56,6 +56,12 @@ bench: deps
 clean:
 	rm -rf build dist deb_dist .pytest_cache *.egg-info
 
+# conf/celeryd.yaml, README.md's key table and celeryd-admin(8)'s CONFIGURATION section are
+# generated from celeryd_pkg/schema.py; tests/unit/test_docgen.py fails when a copy drifts.
+.PHONY: docs
+docs:
+	$(PYTHON) -m celeryd_pkg.docgen --write
+
 # --- Debian packages (issue 4) -------------------------------------------
 # deb: build the three binary packages from a copy of the tree (tracked and
 # untracked-but-not-ignored files) in build/src, so neither the tree nor its
