@@ -1,14 +1,18 @@
-"""Static checks of debian/ and systemd/ against design.md and facts.md: no build, no boot."""
+"""Checks of debian/ and systemd/ against design.md and facts.md: no package build, no boot."""
 
 import configparser
+import difflib
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-UNITS = [ROOT / "systemd" / "celery-worker.service", ROOT / "systemd" / "celery-worker@.service"]
+RENDER = ROOT / "systemd" / "render-units"
+SOURCE = ROOT / "systemd" / "celery-worker.service.in"
+UNITS = ["celery-worker.service", "celery-worker@.service"]
 
 # facts.md, "Hardening a prefork Celery worker": the set that scored 0.9 and still ran tasks.
 HARDENING = {
@@ -105,7 +109,19 @@ def binary_packages():
     return {p["Package"]: p for p in parse_control() if "Package" in p}
 
 
-@pytest.mark.parametrize("unit", UNITS, ids=lambda p: p.name)
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory):
+    """The directory holding the worker units as debian/rules renders them."""
+    outdir = tmp_path_factory.mktemp("units")
+    subprocess.run([RENDER, SOURCE, outdir], check=True)
+    return outdir
+
+
+@pytest.fixture(params=UNITS)
+def unit(request, rendered):
+    return rendered / request.param
+
+
 def test_unit_is_type_notify_from_the_main_process_and_kills_mixed(unit):
     values = service(unit)
 
@@ -115,7 +131,6 @@ def test_unit_is_type_notify_from_the_main_process_and_kills_mixed(unit):
     assert values["KillMode"] == ["mixed"]
 
 
-@pytest.mark.parametrize("unit", UNITS, ids=lambda p: p.name)
 def test_unit_has_every_hardening_key_measured_in_facts(unit):
     values = service(unit)
 
@@ -123,7 +138,6 @@ def test_unit_has_every_hardening_key_measured_in_facts(unit):
         assert values.get(key) == expected, key
 
 
-@pytest.mark.parametrize("unit", UNITS, ids=lambda p: p.name)
 def test_unit_runs_the_worker_module_as_user_celery_with_its_state_directory(unit):
     values = service(unit)
 
@@ -134,14 +148,65 @@ def test_unit_runs_the_worker_module_as_user_celery_with_its_state_directory(uni
     assert values["StateDirectoryMode"] == ["0750"]
 
 
-def test_template_unit_passes_its_instance_name_to_the_worker():
-    assert service(UNITS[1])["ExecStart"] == [
+def test_template_unit_passes_its_instance_name_to_the_worker(rendered):
+    assert service(rendered / UNITS[1])["ExecStart"] == [
         "/usr/bin/python3 -m celeryd_pkg.worker --instance %i"
     ]
-    assert service(UNITS[0])["ExecStart"] == ["/usr/bin/python3 -m celeryd_pkg.worker"]
+    assert service(rendered / UNITS[0])["ExecStart"] == ["/usr/bin/python3 -m celeryd_pkg.worker"]
 
 
-@pytest.mark.parametrize("unit", UNITS, ids=lambda p: p.name)
+def test_the_two_units_differ_only_in_comments_description_and_exec_start(rendered):
+    default, instance = (parse_unit(rendered / name) for name in UNITS)
+    differing = {}
+    for section in default:
+        assert [k for k, _ in default[section]] == [k for k, _ in instance[section]], section
+        differing[section] = {k for (k, a), (_, b) in zip(default[section], instance[section])
+                              if a != b}
+
+    assert differing == {"Unit": {"Description"}, "Service": {"ExecStart"}, "Install": set()}
+    assert instance.keys() == default.keys()
+    diff = difflib.unified_diff(*((rendered / name).read_text().splitlines() for name in UNITS),
+                                n=0, lineterm="")
+    for line in diff:
+        if not line.startswith(("---", "+++", "@@")):
+            assert line[1:].startswith(("#", "Description=", "ExecStart=")), line
+
+
+def test_the_package_build_renders_the_units_that_celeryd_install_ships(rendered, tmp_path):
+    # debian/rules' own step, run in a copy of the tree; dh_install then looks in debian/tmp.
+    shutil.copytree(ROOT / "systemd", tmp_path / "systemd")
+    (tmp_path / "debian").mkdir()
+    shutil.copy(ROOT / "debian" / "rules", tmp_path / "debian")
+    subprocess.run(["make", "-s", "-f", "debian/rules", "execute_before_dh_install"],
+                   cwd=tmp_path, check=True)
+    install = (ROOT / "debian" / "celeryd.install").read_text().splitlines()
+    shipped = [line for line in install if line.startswith("lib/systemd/system/celery-worker")]
+
+    assert shipped == [f"lib/systemd/system/{name}" for name in UNITS]
+    for line in shipped:
+        built = tmp_path / "debian" / "tmp" / line
+        assert built.read_text() == (rendered / built.name).read_text()
+    # One source: no hand-kept copy of a worker unit next to it.
+    assert [p.name for p in (ROOT / "systemd").glob("celery-worker*")] == [SOURCE.name]
+
+
+@pytest.mark.parametrize("text, error", [
+    ("[Service]\nExecStart=@WORKER@\n", "line 2: unknown placeholder @WORKER@"),
+    ("@if other@\n#\n@endif@\n", "line 1: unknown kind 'other'"),
+    ("#\n@if instance@\n#\n", "line 2: @if instance@ has no @endif@"),
+    ("@endif@\n", "line 1: unexpected '@endif@'"),
+])
+def test_renderer_names_the_line_of_a_bad_source_and_writes_nothing(tmp_path, text, error):
+    source = tmp_path / "bad.service.in"
+    source.write_text(text)
+
+    result = subprocess.run([RENDER, source, tmp_path / "out"], capture_output=True, text=True)
+
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == f"render-units: {source}: {error}\n"
+    assert not (tmp_path / "out").exists()
+
+
 def test_unit_reloads_with_sighup_restarts_on_failure_and_has_a_watchdog(unit):
     values = service(unit)
 
@@ -152,14 +217,12 @@ def test_unit_reloads_with_sighup_restarts_on_failure_and_has_a_watchdog(unit):
     assert values["TimeoutStopSec"] == ["10min"]
 
 
-@pytest.mark.parametrize("unit", UNITS, ids=lambda p: p.name)
 def test_unit_lists_service_keys_one_per_line_in_alphabetical_order(unit):
     keys = [key for key, _ in parse_unit(unit)["Service"]]
 
     assert keys == sorted(keys)
 
 
-@pytest.mark.parametrize("unit", UNITS, ids=lambda p: p.name)
 def test_unit_logs_to_the_journal_and_keeps_secrets_out_of_the_environment(unit):
     values = service(unit)
 
@@ -169,7 +232,6 @@ def test_unit_logs_to_the_journal_and_keeps_secrets_out_of_the_environment(unit)
         assert not re.search(r"PASSWORD|SECRET|amqp://", value, re.IGNORECASE), value
 
 
-@pytest.mark.parametrize("unit", UNITS, ids=lambda p: p.name)
 def test_unit_is_wanted_by_multi_user_and_ordered_after_a_local_broker(unit):
     sections = parse_unit(unit)
 
@@ -178,7 +240,6 @@ def test_unit_is_wanted_by_multi_user_and_ordered_after_a_local_broker(unit):
     assert "rabbitmq-server.service" in after
 
 
-@pytest.mark.parametrize("unit", UNITS, ids=lambda p: p.name)
 def test_unit_starts_with_an_operator_header(unit):
     head = unit.read_text().split("[Unit]")[0]
 
@@ -288,35 +349,207 @@ def test_maintainer_script_is_valid_sh_with_set_e_and_a_debhelper_token(script):
     assert text.count("#DEBHELPER#") == 1
 
 
-def test_postinst_creates_the_user_before_a_provisioning_that_cannot_fail_the_install():
-    text = (ROOT / "debian" / "celeryd.postinst").read_text()
-    body = text.split("#DEBHELPER#")[0]
+class Sandbox:
+    """A root in which a maintainer script runs, its absolute paths landing in a tmp dir.
 
-    assert "if ! celeryd-admin provision --defer-if-absent; then" in body
-    case = body[body.index('case "$1" in'):]
-    assert case.index("create_system_user") < case.index("provision_broker")
+    The script runs chrooted in a private mount namespace with the host's /usr (read-only) and
+    /dev/null bound in, so /etc/celeryd, /var/lib/celeryd and /etc/systemd/system are the
+    sandbox's.  The commands it calls are stubs that log their argv; what they really do is
+    tested on booted machines (tests/system/test_lifecycle.py).
+    """
+
+    WATCHED = ("/etc/celeryd", "/var/lib/celeryd")
+
+    def __init__(self, root):
+        self.root = root
+        (root / "usr").mkdir(parents=True)
+        for link in ("bin", "lib", "lib64", "sbin"):
+            (root / link).symlink_to(f"usr/{link}")
+        self.write("dev/null")  # a mount point for the host's
+        self.write("etc/nsswitch.conf", "passwd: files\ngroup: files\n")
+        self.write("etc/passwd", "root:x:0:0:root:/root:/bin/sh\n")
+        self.write("etc/group", "root:x:0:\n")
+        self.write("calls")
+        self.write("present")
+
+    def write(self, path, text=""):
+        (self.root / path).parent.mkdir(parents=True, exist_ok=True)
+        (self.root / path).write_text(text)
+
+    def exists(self, path):
+        return (self.root / path).exists()
+
+    def stub(self, command, status=0, output=""):
+        """Put COMMAND first on PATH: it logs its argv and which WATCHED paths exist, prints
+        output, then exits."""
+        self.write(f"stubs/{command}",
+                   f'#!/bin/sh\necho "{command} $*" >>/calls\nprintf "%s" "{output}"\n'
+                   f'for p in {" ".join(self.WATCHED)}; do\n'
+                   f'    if [ -e "$p" ]; then echo "{command} $p" >>/present; fi\ndone\n'
+                   f'if [ {status} != 0 ]; then echo "{command}: failed" >&2; fi\nexit {status}\n')
+        (self.root / "stubs" / command).chmod(0o755)
+
+    def run(self, script, *args):
+        shutil.copy(ROOT / "debian" / script, self.root / "script")
+        inner = ('mount --bind -o ro /usr "$0/usr" && mount --bind /dev/null "$0/dev/null" && '
+                 'exec chroot "$0" /usr/bin/env -i PATH=/stubs:/usr/bin sh /script "$@"')
+        return subprocess.run(["unshare", "--mount", "sh", "-c", inner, self.root, *args],
+                              capture_output=True, text=True, timeout=60)
+
+    def calls(self):
+        return (self.root / "calls").read_text().splitlines()
+
+    def present_at(self, command):
+        return [line.split(" ", 1)[1] for line in (self.root / "present").read_text().splitlines()
+                if line.split(" ", 1)[0] == command]
 
 
-def test_postrm_purges_config_state_broker_user_and_system_user_and_remove_keeps_them():
-    text = (ROOT / "debian" / "celeryd.postrm").read_text()
-    case = text[text.index('case "$1" in'):text.index("#DEBHELPER#")]
-
-    assert re.search(r"purge\)\s+remove_broker_user\s+remove_config\s+remove_dropins\s+"
-                     r"remove_state\s+remove_system_user\s+;;", case)
-    assert 'rm -f "/etc/systemd/system/$unit.d/50-celeryd-broker.conf"' in text
-    assert "remove)" not in case
-    assert "rm -rf /etc/celeryd" in text
-    assert "rm -rf /var/lib/celeryd" in text
-    assert "rabbitmqctl -q delete_user celery >/dev/null 2>&1 || true" in text
-    assert "userdel celery" in text and "groupdel celery" in text
+@pytest.fixture
+def sandbox(tmp_path):
+    return Sandbox(tmp_path / "root")
 
 
-def test_recorded_security_exposure_is_at_most_one():
-    # Measured by hand in a booted trixie container (tests/system reuses the number).
-    recorded = (ROOT / "tests" / "system" / "expected-security.txt").read_text().split()
+# What a worker host that joined a remote broker holds, and an operator's own drop-in.
+HOST_FILES = ("etc/celeryd/celeryd.yaml", "etc/celeryd/credentials",
+              "etc/celeryd/conf.d/10-site.yaml", "var/lib/celeryd/worker.state",
+              "etc/systemd/system/celery-worker.service.d/50-celeryd-broker.conf",
+              "etc/systemd/system/celery-worker@.service.d/50-celeryd-broker.conf",
+              "etc/systemd/system/celery-worker@.service.d/override.conf")
+PROVISION = ["systemd-sysusers celeryd.conf", "celeryd-admin provision --defer-if-absent"]
 
-    assert recorded[0] == "celery-worker.service"
-    assert float(recorded[1]) <= 1.0
+
+@pytest.fixture
+def host(sandbox):
+    sandbox.write("etc/passwd", "root:x:0:0:root:/root:/bin/sh\n"
+                  "celery:x:999:999:celeryd worker:/var/lib/celeryd:/usr/sbin/nologin\n")
+    sandbox.write("etc/group", "root:x:0:\ncelery:x:999:\n")
+    for path in HOST_FILES:
+        sandbox.write(path)
+    return sandbox
+
+
+def stub_postinst_commands(sandbox, failing=(), systemctl_output=""):
+    for command in ("systemd-sysusers", "celeryd-admin", "systemctl", "deb-systemd-invoke"):
+        sandbox.stub(command, status=1 if command in failing else 0,
+                     output=systemctl_output if command == "systemctl" else "")
+
+
+def test_postinst_configure_creates_the_user_before_it_provisions_the_broker(sandbox):
+    stub_postinst_commands(sandbox)
+
+    result = sandbox.run("celeryd.postinst", "configure", "")
+
+    assert (result.returncode, result.stderr) == (0, "")
+    # Not booted with systemd (no /run/systemd/system): nothing to reload or start.
+    assert sandbox.calls() == PROVISION
+
+
+def test_postinst_configure_warns_but_succeeds_when_provisioning_fails(sandbox):
+    stub_postinst_commands(sandbox, failing={"celeryd-admin"})
+
+    result = sandbox.run("celeryd.postinst", "configure", "")
+
+    assert result.returncode == 0
+    assert result.stderr.splitlines()[-1] == (
+        "celeryd: warning: broker provisioning failed; run 'celeryd-admin provision' to retry")
+    assert sandbox.calls() == PROVISION
+
+
+RUNNING_INSTANCE = "celery-worker@reports.service loaded active running Celery worker reports"
+LIST_INSTANCES = ("systemctl list-units --plain --no-legend --state=active "
+                  "celery-worker@*.service")
+
+
+@pytest.mark.parametrize("credentials, previous, started", [
+    (True, "", ["deb-systemd-invoke start celery-worker.service"]),
+    (True, "0.2.0", [LIST_INSTANCES, "deb-systemd-invoke restart celery-worker.service "
+                                     "celery-worker@reports.service"]),
+    (False, "", []),
+], ids=["install", "upgrade-restarts-running-instances-too", "no-credentials"])
+def test_postinst_on_a_booted_host_starts_the_worker_only_with_credentials(
+        sandbox, credentials, previous, started):
+    stub_postinst_commands(sandbox, systemctl_output=RUNNING_INSTANCE)
+    (sandbox.root / "run" / "systemd" / "system").mkdir(parents=True)
+    if credentials:
+        sandbox.write("etc/celeryd/credentials")
+
+    result = sandbox.run("celeryd.postinst", "configure", previous)
+
+    assert (result.returncode, result.stderr) == (0, "")
+    assert sandbox.calls() == PROVISION + ["systemctl --system daemon-reload"] + started
+
+
+def test_postinst_warns_but_succeeds_when_the_worker_does_not_start(sandbox):
+    stub_postinst_commands(sandbox, failing={"deb-systemd-invoke"})
+    (sandbox.root / "run" / "systemd" / "system").mkdir(parents=True)
+    sandbox.write("etc/celeryd/credentials")
+
+    result = sandbox.run("celeryd.postinst", "configure", "")
+
+    assert result.returncode == 0
+    assert result.stderr.splitlines()[-1] == (
+        "celeryd: warning: celery-worker did not start; see journalctl -u celery-worker")
+
+
+@pytest.mark.parametrize("status", [0, 1], ids=["commands-succeed", "commands-fail"])
+def test_postrm_purge_deletes_broker_account_config_state_join_dropins_and_system_user(
+        host, status):
+    for command in ("rabbitmqctl", "userdel", "groupdel"):
+        host.stub(command, status)
+
+    result = host.run("celeryd.postrm", "purge")
+
+    # Quiet, and never failed by the broker or the account database.
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+    assert host.calls() == ["rabbitmqctl -q delete_user celery", "userdel celery",
+                            "groupdel celery"]
+    assert host.present_at("rabbitmqctl") == list(Sandbox.WATCHED)
+    assert host.present_at("userdel") == []  # nothing of ours is left for the user to own
+    for path in ("etc/celeryd", "var/lib/celeryd", "etc/systemd/system/celery-worker.service.d",
+                 "etc/systemd/system/celery-worker@.service.d/50-celeryd-broker.conf"):
+        assert not host.exists(path), path
+    # The operator's own drop-in, and so its directory, stays.
+    assert host.exists("etc/systemd/system/celery-worker@.service.d/override.conf")
+
+
+def test_postrm_purge_without_a_local_rabbitmq_or_a_user_celery_calls_neither(sandbox):
+    sandbox.stub("userdel")
+    sandbox.stub("groupdel")  # and no rabbitmqctl on PATH
+
+    result = sandbox.run("celeryd.postrm", "purge")
+
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+    assert sandbox.calls() == []
+
+
+@pytest.mark.parametrize("action", ["remove", "upgrade"])
+def test_postrm_other_than_purge_keeps_everything(host, action):
+    for command in ("rabbitmqctl", "userdel", "groupdel"):
+        host.stub(command)
+
+    result = host.run("celeryd.postrm", action)
+
+    assert (result.returncode, result.stderr) == (0, "")
+    assert host.calls() == []
+    for path in HOST_FILES:
+        assert host.exists(path), path
+
+
+def security_targets():
+    """Return {unit: highest exposure} from tests/system/expected-security.txt."""
+    text = (ROOT / "tests" / "system" / "expected-security.txt").read_text()
+    return {unit: float(target) for unit, target in
+            (line.split() for line in text.splitlines() if line and not line.startswith("#"))}
+
+
+def test_recorded_security_targets_cover_every_worker_unit_at_the_design_bar(rendered):
+    # test_lifecycle.py measures each unit against its target on booted trixie and bookworm;
+    # design.md and issue 12: the workers stay hardened to exposure 0.9.
+    targets = security_targets()
+
+    assert sorted(targets) == sorted(path.name for path in rendered.iterdir())
+    for unit, target in targets.items():
+        assert 0 < target <= 0.9, unit
 
 
 def test_provisioning_unit_runs_once_after_a_local_broker_starts_without_credentials():
