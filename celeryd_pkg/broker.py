@@ -95,10 +95,11 @@ def _tls_problem(error, broker):
     import ssl
 
     if isinstance(error, ssl.SSLCertVerificationError):
-        return (f"{error.verify_message}: the broker's certificate is not trusted for "
+        reason = getattr(error, "verify_message", None) or "verify failed"
+        return (f"{reason}: the broker's certificate is not trusted for "
                 f"'{broker.server_name or broker.host}'; check broker.ca_file and "
                 f"broker.server_name")
     if isinstance(error, ssl.SSLError):
-        return (f"{error.reason or error.strerror or 'handshake failed'}: is broker.port "
-                f"({broker.port}) the broker's TLS port?")
+        reason = getattr(error, "reason", None) or error.strerror or "handshake failed"
+        return f"{reason}: is broker.port ({broker.port}) the broker's TLS port?"
     return None

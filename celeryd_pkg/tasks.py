@@ -35,4 +35,6 @@ BUILTINS = (add, mul, xsum, echo, sleep)
 def register(app):
     """Register every built-in task on app under NAMESPACE."""
     for func in BUILTINS:
-        app.task(name=NAMESPACE + func.__name__)(func)
+        # shared=False: Celery would otherwise add them to every app built later in this
+        # process, the control-only one too.
+        app.task(name=NAMESPACE + func.__name__, shared=False)(func)
