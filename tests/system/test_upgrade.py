@@ -54,9 +54,15 @@ def previous_debs():
     """The three .debs of the previous release, built from its commit (not from this tree),
     cached in build/previous/COMMIT."""
     version, commit = PREVIOUS
-    known = subprocess.run(["git", "-C", REPO, "cat-file", "-e", f"{commit}^{{commit}}"],
-                           capture_output=True)
-    if known.returncode:
+    def known():
+        return subprocess.run(["git", "-C", REPO, "cat-file", "-e", f"{commit}^{{commit}}"],
+                              capture_output=True).returncode == 0
+
+    if not known():
+        # A shallow clone: fetch just that commit from where the clone came from.
+        subprocess.run(["git", "-C", REPO, "fetch", "-q", "--depth=1", "origin", commit],
+                       capture_output=True, timeout=300)
+    if not known():
         pytest.fail(f"celeryd {version}'s commit {commit} is not in {REPO} (a shallow clone? "
                     f"git fetch --unshallow)", pytrace=False)
     out = os.path.join(REPO, "build", "previous", commit)
