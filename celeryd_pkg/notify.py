@@ -35,7 +35,8 @@ class Notifier:
                 import sdnotify
 
                 self._notifier = sdnotify.SystemdNotifier(debug=True)
-            self._notifier.notify("\n".join(fields))
+            # sdnotify encodes as Latin-1; systemd reads UTF-8 (a queue may be named "队列").
+            self._notifier.notify("\n".join(fields).encode("utf-8").decode("latin-1"))
         except Exception:  # noqa: BLE001 - notification must never break the worker
             logger.debug("sd_notify failed", exc_info=True)
 

@@ -135,3 +135,8 @@ def test_an_unusable_notify_socket_never_raises_and_logs_only_at_debug(
 ])
 def test_the_watchdog_interval_is_watchdog_usec_when_meant_for_this_process(env, seconds):
     assert Notifier(env=env).watchdog_seconds == seconds
+
+
+def test_status_text_beyond_latin_1_arrives_as_utf_8(systemd):
+    Notifier().status("Consuming from 队列 and café")
+    assert received(systemd) == ["STATUS=Consuming from 队列 and café".encode("utf-8")]
