@@ -1,6 +1,6 @@
 """celeryd-admin check: config, DNS, TCP, AMQP login, vhost and live workers, one line each.
 
-No task code is imported: the ping goes through the control-only app.
+No task code is imported: the workers are named through the control-only app.
 """
 
 import dataclasses
@@ -159,7 +159,7 @@ def _login(state):
 
 def _workers(state):
     """Workers are the consumers of client.queue: counted with a passive declare, which any
-    account may do (a submit-only client too); named by a ping where the account may."""
+    account may do (a submit-only client too), and named where the account may ask them."""
     import amqp
 
     settings = state["config"]
@@ -185,25 +185,26 @@ def _workers(state):
         return [_fail("workers", f"{what} queue '{queue}' on vhost '{settings.broker.vhost}'",
                       "systemctl start celery-worker on a worker host (journalctl -u "
                       "celery-worker); client.queue names the queue", 1)]
-    names = _ping(settings, state["ping_timeout"])
+    names = _consumers_named(settings, queue, state["ping_timeout"])
     named = f": {', '.join(names)}" if names else ""
     return [Result("OK", "workers", f"{consumers} consuming queue '{queue}'{named}")]
 
 
-def _ping(settings, timeout):
-    """Return the node names that answer a ping, or [] when this account may not ask (a
-    submit-only client cannot publish to the workers' control exchange)."""
+def _consumers_named(settings, queue, timeout):
+    """Return the names of the workers that say they consume queue, or [] when this account
+    may not ask (a submit-only client cannot publish to the workers' control exchange)."""
     from celeryd_pkg.app import make_control_app
 
     try:
         app = make_control_app(settings)
         try:
-            replies = app.control.ping(timeout=timeout)
+            replies = app.control.inspect(timeout=timeout).active_queues() or {}
         finally:
             app.close()
     except Exception:  # noqa: BLE001 - naming the workers is a bonus; counting them sufficed
         return []
-    return sorted(name for reply in replies for name in reply)
+    return sorted(node for node, queues in replies.items()
+                  if any(q.get("name") == queue for q in queues or ()))
 
 
 def action_check(args):

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from celeryd_pkg import broker, config
-from tests.integration.conftest import PYTHON, clean_env, submit
+from tests.integration.conftest import PYTHON, clean_env, submit, write_config
 from tests.integration.test_admin import admin
 
 pytestmark = pytest.mark.integration
@@ -95,3 +95,16 @@ def test_check_drain_resume_and_inspect_import_no_task_code(rabbitmq, config_fil
         env=clean_env(CELERYD_CONFIG=str(broken / "celeryd.yaml")), capture_output=True,
         text=True, timeout=60, cwd="/")
     assert "cannot import 'boom'" in worker_app.stderr
+
+
+def test_check_names_only_the_workers_that_consume_the_client_queue(
+        rabbitmq, account, config_file, start_worker, tmp_path):
+    start_worker(config_file, "--instance", "main")
+    other = write_config(tmp_path / "other-etc", rabbitmq, account,
+                         "worker:\n  queues: [elsewhere]\n")
+    start_worker(other, "--instance", "side")
+    checked = admin(rabbitmq, "check", "--config", str(config_file))
+    assert checked.returncode == 0, checked.stdout
+    workers = checked.stdout.splitlines()[-1]
+    assert workers.startswith("OK   workers: 1 consuming queue 'celery': main@"), workers
+    assert "side@" not in workers
