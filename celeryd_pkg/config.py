@@ -131,7 +131,7 @@ def load(config_file=None, overrides=None, env=os.environ, instance=None,
     for key, value in (overrides or {}).items():
         if value is not None:
             set_value(values, key, value, f"option --{key[1].replace('_', '-')}", problems,
-                 from_text=isinstance(value, str))
+                      from_text=isinstance(value, str))
     if problems:
         raise ConfigError("\n".join(problems))
     broker = values["broker"]
