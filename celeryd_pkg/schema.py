@@ -5,9 +5,43 @@ from collections import namedtuple
 __all__ = ["Key", "SCHEMA", "defaults"]
 
 # One configuration key: its Python type, default and a one-line description; optional
-# says None is a valid value; minimum bounds an int. (A namedtuple, not a dataclass:
+# says None is a valid value; minimum bounds an int; check(value) returns what is wrong with
+# a value of the right type (each item of a list), or None. (A namedtuple, not a dataclass:
 # celery-submit's start-up time pays for every import.)
-Key = namedtuple("Key", "type default description optional minimum", defaults=(False, None))
+Key = namedtuple("Key", "type default description optional minimum check",
+                 defaults=(False, None, None))
+
+# Words systemd's IPAddressAllow= takes besides addresses and networks.
+ADDRESS_WORDS = ("any", "localhost", "link-local", "multicast")
+SIZE = r"(?:[0-9]+(?:\.[0-9]+)?[KMGT]?|[0-9]+(?:\.[0-9]+)?%|infinity)"
+
+
+def check_address(value):
+    """An IPAddressAllow= entry: an address, a network in CIDR form, or one of ADDRESS_WORDS."""
+    if value in ADDRESS_WORDS:
+        return None
+    import ipaddress
+
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        return (f"{value!r} is not an address, a network (10.0.0.0/8) or one of "
+                f"{', '.join(ADDRESS_WORDS)} (systemd filters by address, not by host name)")
+    return None
+
+
+def check_size(value):
+    """A systemd memory size: bytes with an optional K, M, G or T suffix, a percentage of RAM,
+    or infinity."""
+    import re
+
+    if re.fullmatch(SIZE, value):
+        return None
+    return f"{value!r} is not a size like 512M, 2G, 80% or infinity"
+
+
+def check_absolute(value):
+    return None if value.startswith("/") else f"{value!r} is not an absolute path"
 
 
 SCHEMA = {
@@ -61,6 +95,23 @@ SCHEMA = {
             "Seconds without a broker after which watchdog pings stop, so systemd restarts us.",
             minimum=0,
         ),
+        "outbound": Key(
+            list, [], "Where tasks may connect besides localhost and the broker: addresses, networks "
+            "(10.0.0.0/8) or [any]. Both worker units get it at `systemctl daemon-reload` "
+            "(restart them after).", check=check_address,
+        ),
+        "max_memory_per_child": Key(
+            int, None, "KiB of resident memory after which a child is replaced, once its task ends "
+            "(Celery's worker_max_memory_per_child; unset: never).", optional=True, minimum=1,
+        ),
+        "memory_high": Key(
+            str, None, "Memory use above which systemd throttles the worker (MemoryHigh=, e.g. 1G "
+            "or 80%; applied like outbound).", optional=True, check=check_size,
+        ),
+        "memory_max": Key(
+            str, None, "Hard memory limit of the worker (MemoryMax=): the kernel kills the largest "
+            "child, the worker stays up (applied like outbound).", optional=True, check=check_size,
+        ),
     },
     "tasks": {
         "modules": Key(list, [], "Your task modules, imported at start, e.g. [myapp.tasks]."),
@@ -68,6 +119,14 @@ SCHEMA = {
         "time_limit": Key(
             int, None, "Hard time limit per task in seconds (unset: none).", optional=True,
             minimum=1,
+        ),
+        "virtualenv": Key(
+            str, None, "A venv made with `python3 -m venv --system-site-packages` holding your "
+            "tasks' own dependencies (e.g. /opt/myapp/venv).", optional=True, check=check_absolute,
+        ),
+        "max_redeliveries": Key(
+            int, 3, "Deliveries of a task whose child process dies (OOM, crash) before it is moved "
+            "to the queue celeryd.dead.", minimum=1,
         ),
     },
     "results": {

@@ -152,6 +152,11 @@ def _check(spec, value, secret=False):
         return f"must be at least {spec.minimum}, got {value}"
     if spec.type is str and not value.strip():
         return "must not be empty"
+    if spec.check is not None:
+        for item in value if spec.type is list else (value,):
+            problem = spec.check(item)
+            if problem:
+                return problem
     return None
 
 
