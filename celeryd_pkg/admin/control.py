@@ -10,6 +10,7 @@ The app used here is the control-only one: no operator task code is imported, so
 from celeryd_pkg import config as config_module
 from celeryd_pkg.admin.cli import Command, config_option
 from celeryd_pkg.errors import CelerydError
+from celeryd_pkg.settings import lazy_app
 
 __all__ = ["drain", "resume", "REPLY_TIMEOUT", "COMMANDS", "app"]
 
@@ -82,12 +83,12 @@ COMMANDS = (
 )
 
 
-def __getattr__(name):
-    # `celery -A celeryd_pkg.admin.control` looks up `app`: the control-only app, built then.
-    if name == "app":
-        from celeryd_pkg.app import make_control_app
+def _build_control_app():
+    from celeryd_pkg.app import make_control_app
 
-        global app
-        app = make_control_app(config_module.load())
-        return app
-    raise AttributeError(name)
+    return make_control_app(config_module.load())
+
+
+# `celery -A celeryd_pkg.admin.control` looks up `app`: the control-only app, built then.
+app: object  # declared for __all__; lazy_app sets it on first use
+__getattr__ = lazy_app(globals(), _build_control_app)

@@ -1,0 +1,69 @@
+"""Celery's settings from celeryd's config: the reliable messaging every app of ours uses.
+
+The worker's app (`app.py`), the control-only app (admin) and the application's client app
+(`client.py`) all take their settings from here, so a client and the workers never disagree
+on serializers, queues, confirms or the result backend.
+"""
+
+from kombu import Exchange, Queue
+
+from celeryd_pkg.broker import ssl_options
+
+__all__ = ["celery_settings", "task_queues", "lazy_app"]
+
+
+def task_queues(config):
+    """Return the durable direct queues named by worker.queues."""
+    return [Queue(name, Exchange(name, type="direct", durable=True), routing_key=name,
+                  durable=True) for name in config.worker.queues]
+
+
+def celery_settings(config):
+    """Given a Config, return Celery settings for json-only, late-ack, durable, confirmed
+    messaging."""
+    return dict(
+        broker_url=config.broker_url(masked=False),
+        broker_connection_timeout=config.broker.connect_timeout,
+        broker_heartbeat=config.broker.heartbeat,
+        broker_use_ssl=ssl_options(config.broker) or None,
+        # Keep retrying a broker that is down at start or goes away: systemd should see a
+        # worker waiting, not a crash loop.
+        broker_connection_retry=True,
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,
+        # Every publish waits for the broker's confirm: a task accepted is a task stored.
+        broker_transport_options={"confirm_publish": True},
+        result_backend="rpc://",
+        result_persistent=True,
+        result_expires=config.results.expires,
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        # Ack after the task ran, and requeue when its child dies: nothing in flight is lost.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_default_delivery_mode="persistent",
+        task_queues=task_queues(config),
+        task_default_queue=config.worker.queues[0],
+        task_create_missing_queues=False,
+        task_time_limit=config.tasks.time_limit,
+        worker_prefetch_multiplier=config.worker.prefetch_multiplier,
+        worker_concurrency=config.worker.concurrency,
+        worker_max_memory_per_child=config.worker.max_memory_per_child,
+        worker_send_task_events=False,
+        worker_hijack_root_logger=True,
+        worker_redirect_stdouts=True,
+        enable_utc=True,
+    )
+
+
+def lazy_app(module_globals, build):
+    """Return a module __getattr__ that builds the module's `app` with build() on first use
+    (`celery -A MODULE` and `from MODULE import app` look it up) and keeps it."""
+    def __getattr__(name):
+        if name != "app":
+            raise AttributeError(name)
+        module_globals["app"] = build()
+        return module_globals["app"]
+    return __getattr__
