@@ -1,4 +1,5 @@
-"""celeryd-admin check: config, DNS, TCP, AMQP login, vhost and live workers, one line each.
+"""celeryd-admin check: config, what tasks may reach, DNS, TCP, AMQP login, vhost and live
+workers, one line each.
 
 No task code is imported: the workers are named through the control-only app.
 """
@@ -12,7 +13,7 @@ from celeryd_pkg.errors import CelerydError
 
 __all__ = ["STEPS", "Result", "run", "diagnose", "COMMANDS"]
 
-STEPS = ("config", "dns", "tcp", "login", "vhost", "workers")
+STEPS = ("config", "outbound", "dns", "tcp", "login", "vhost", "workers")
 PING_TIMEOUT = 2.0
 
 
@@ -90,7 +91,35 @@ def _config(state):
                             error.exit_code)) from None
     state["config"] = settings
     sources = ", ".join(settings.sources) or f"built-in defaults only (no {path})"
-    return [Result("OK", "config", f"broker {settings.broker_url()} from {sources}")]
+    results = [Result("OK", "config", f"broker {settings.broker_url()} from {sources}"),
+               Result("OK", "outbound", reach(settings))]
+    memory = memory_limits(settings.worker)
+    if memory:  # a line of its own only when set: not a step, never skipped
+        results.append(Result("OK", "memory", memory))
+    return results
+
+
+def reach(settings):
+    """What the worker units let tasks connect to (the drop-in celeryd-generator writes from
+    worker.outbound, beside the unit's localhost and the broker that join allowed)."""
+    outbound = sorted(set(settings.worker.outbound))
+    if "any" in outbound:
+        return "tasks may reach: any address (worker.outbound: [any])"
+    others = ", ".join(outbound) if outbound else "nothing else (set worker.outbound to allow more)"
+    return f"tasks may reach: localhost, the broker ({settings.broker.host}), and: {others}"
+
+
+def memory_limits(worker):
+    """The memory guardrails that are set, in words, or '' when none is."""
+    parts = []
+    if worker.memory_high:
+        parts.append(f"throttled above {worker.memory_high} (worker.memory_high)")
+    if worker.memory_max:
+        parts.append(f"the largest child killed above {worker.memory_max} (worker.memory_max)")
+    if worker.max_memory_per_child:
+        parts.append(f"a child above {worker.max_memory_per_child} KiB replaced once its task "
+                     f"ends (worker.max_memory_per_child)")
+    return "; ".join(parts)
 
 
 def _dns(state):
@@ -212,6 +241,6 @@ def action_check(args):
 
 
 COMMANDS = (
-    Command("check", "diagnose config, DNS, TCP, AMQP login, vhost permissions and live "
-                     "workers", action_check, config_option),
+    Command("check", "diagnose config, what tasks may reach, DNS, TCP, AMQP login, vhost "
+                     "permissions and live workers", action_check, config_option),
 )

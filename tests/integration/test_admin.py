@@ -19,7 +19,7 @@ from tests.procscan import ProcScanner
 pytestmark = pytest.mark.integration
 
 RABBITMQCTL = "/usr/lib/rabbitmq/bin/rabbitmqctl"
-ACCOUNT_STEPS = ["config", "dns", "tcp", "login", "vhost", "workers"]
+ACCOUNT_STEPS = ["config", "outbound", "dns", "tcp", "login", "vhost", "workers"]
 
 
 def admin(rabbitmq, *args, input=None, **extra):
@@ -234,7 +234,7 @@ def test_check_with_the_broker_port_closed_fails_tcp_exit_4(rabbitmq, tmp_path, 
     etc.write_text(etc.read_text().replace(str(rabbitmq.port), str(free_port())))
     code, lines = check(rabbitmq, etc)
     assert code == 4
-    assert [line[:4] for line in lines] == ["OK  ", "OK  ", "FAIL", "SKIP", "SKIP", "SKIP"]
+    assert [line[:4] for line in lines] == ["OK  ", "OK  ", "OK  ", "FAIL", "SKIP", "SKIP", "SKIP"]
 
 
 def test_check_with_a_wrong_password_fails_login_exit_5(rabbitmq, etc, names):
@@ -242,9 +242,9 @@ def test_check_with_a_wrong_password_fails_login_exit_5(rabbitmq, etc, names):
     (etc.parent / "credentials").write_text("broker:\n  password: wrong-WRONG-wrong\n")
     code, lines = check(rabbitmq, etc)
     assert code == 5
-    assert lines[3].startswith(f"FAIL login: broker refused the login of user "
+    assert lines[4].startswith(f"FAIL login: broker refused the login of user "
                                f"'{names['user']}' at amqp://{names['user']}:***@127.0.0.1:")
-    assert [line[:4] for line in lines[4:]] == ["SKIP", "SKIP"]
+    assert [line[:4] for line in lines[5:]] == ["SKIP", "SKIP"]
     assert "wrong-WRONG-wrong" not in "\n".join(lines)
 
 
@@ -255,10 +255,10 @@ def test_check_on_a_vhost_without_permission_fails_vhost_exit_5(rabbitmq, etc, n
     # The environment overrides the vhost that provision wrote to the credentials file.
     code, lines = check(rabbitmq, etc, CELERYD_BROKER_VHOST=other)
     assert code == 5
-    assert lines[3].startswith("OK   login: ")
-    assert lines[4].startswith(f"FAIL vhost: user '{names['user']}' has no access to vhost "
+    assert lines[4].startswith("OK   login: ")
+    assert lines[5].startswith(f"FAIL vhost: user '{names['user']}' has no access to vhost "
                                f"'{other}' — ")
-    assert lines[5].startswith("SKIP workers")
+    assert lines[6].startswith("SKIP workers")
 
 
 def test_the_generated_password_is_never_in_any_process_arguments_environment_or_output(

@@ -86,7 +86,7 @@ def test_check_on_the_client_host_is_ok_at_every_step_and_says_tls(fleet, start_
     result = admin(node, "check", "--config", str(client_etc))
     lines = result.stdout.splitlines()
     assert result.returncode == 0, result.stdout
-    assert [line[:5] for line in lines] == ["OK   "] * 6, lines
+    assert [line[:5] for line in lines] == ["OK   "] * 7, lines
     assert re.search(r"OK   login: user 'client-cl' logged in at 127\.0\.0\.1:\d+ over TLSv1\.[23]",
                      result.stdout)
     assert re.search(r"OK   workers: [1-9]\d* consuming queue 'celery'", result.stdout)

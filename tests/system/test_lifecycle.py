@@ -297,6 +297,7 @@ def test_purge_leaves_nothing_of_ours(machine):
             "/usr/sbin/celeryd-admin", "/usr/lib/python3/dist-packages/celeryd_pkg",
             "/etc/systemd/system/multi-user.target.wants/celery-worker.service",
             "/lib/systemd/system/celeryd-provision.service",
+            "/lib/systemd/system-generators/celeryd-generator",
             "/lib/systemd/system/rabbitmq-server.service.d/celeryd.conf",
             "/usr/lib/sysusers.d/celeryd.conf"]
     left = [path for path in gone if machine.run(["test", "-e", path], check=False).returncode == 0]

@@ -136,7 +136,7 @@ def test_client_host_joins_and_check_is_ok_at_every_step_over_tls(hosts):
     admin(client, "join", "-", input=joined[client.suite, "client"])
     check = admin(client, "check")
     lines = check.stdout.splitlines()
-    assert [line[:5] for line in lines] == ["OK   "] * 6, check.stdout
+    assert [line[:5] for line in lines] == ["OK   "] * 7, check.stdout
     assert f"logged in at {BROKER_IP}:5671 over TLSv1.3" in check.stdout
     assert "OK   workers: 2 consuming queue 'celery'" in check.stdout
     add = client.run(["celery-submit", "add", "4", "4"], timeout=120)
