@@ -7,6 +7,7 @@ import os
 import sys
 
 from celeryd_pkg import config as config_module
+from celeryd_pkg import dropins, virtualenv
 from celeryd_pkg.errors import CelerydError, report
 from celeryd_pkg.notify import Notifier
 
@@ -30,10 +31,14 @@ def parse_args(argv):
 
 
 def load_config(args):
+    """Load and check the config: at start, and at reload before anything is stopped."""
     overrides = {("worker", "concurrency"): args.concurrency,
                  ("worker", "queues"): args.queues,
                  ("worker", "loglevel"): args.loglevel}
-    return config_module.load(args.config, overrides, instance=args.instance)
+    config = config_module.load(args.config, overrides, instance=args.instance)
+    if config.tasks.virtualenv:
+        virtualenv.check(config.tasks.virtualenv)
+    return config
 
 
 def main(argv=None):
@@ -45,6 +50,8 @@ def main(argv=None):
         if warning:
             print(warning, file=sys.stderr, flush=True)
         _refuse_bad_login(config)
+        # Before make_app imports tasks.modules, which may import the venv's packages.
+        virtualenv.activate(config, warn=lambda line: print(line, file=sys.stderr, flush=True))
         from celeryd_pkg.app import make_app, node_name
 
         app = make_app(config)
@@ -112,11 +119,15 @@ def _install_reload_handler(monitor, args, argv):
 
     def on_sighup(*_):
         try:
-            load_config(args)
+            new_config = load_config(args)
         except CelerydError as error:
             logger.error("Reload refused, still running the previous config: %s",
                          error.message.replace("\n", "; "))
             return
+        # Unit settings (outbound, memory) come from the generator, not from a reload.
+        warning = dropins.reload_warning(monitor.config, new_config, args.instance)
+        if warning:
+            logger.warning(warning)
         logger.warning("Reloading: finishing tasks in flight, then restarting with new config")
         monitor.reloading = True
         monitor.notifier.reloading()
