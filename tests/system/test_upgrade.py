@@ -3,7 +3,7 @@
     Given a booted <suite> machine without a broker
     When  the admin installs only celery-submit, joins a remote TLS broker, then purges it
     Then  no /etc/celeryd (credentials, CA), no group celery and none of our packages is left
-    Given the same machine with celeryd 0.2.0 (built from its release commit) and RabbitMQ,
+    Given the same machine with the previous release (built from its release commit) and RabbitMQ,
           a conffile edit, a conf.d overlay for celery-worker@reports and join's drop-ins
     When  the admin upgrades to the new build with `apt-get install ./*.deb`
     Then  credentials, edit, overlay and drop-ins are byte for byte what they were
@@ -37,7 +37,7 @@ from tests.system.harness import wait_until
 from tests.system.test_install import assert_active
 from tests.system.test_lifecycle import CONFIG, CREDENTIALS, sha256, show, stat, submit
 
-PREVIOUS = ("0.2.0", "ba8c078c29bede3b824f1350df8ce1c909c0b08a")  # (version, its commit)
+PREVIOUS = ("0.3.0", "b10519d2deb111158fc8765b5915580bc4412856")  # (version, its commit)
 PREVIOUS_DIR = "/root/previous"
 BROKER_IP = "10.9.9.9"  # a remote broker by address: join needs no DNS, nothing connects
 CA = "/etc/celeryd/broker-ca.pem"
