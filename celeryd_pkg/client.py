@@ -1,0 +1,229 @@
+"""The application's Celery app, configured from /etc/celeryd exactly as the workers are.
+
+    from celeryd_pkg.client import app
+    print(app.send_task("celeryd.add", (4, 4)).get(timeout=1))
+
+No URL or password in the application: the broker, its credentials and TLS come from the one
+config loader. The app is the current app, so the operator's `@shared_task` functions imported
+after it (`from myapp.tasks import add; add.delay(4, 4)`) send through it. It imports no task
+module and no worker code, and it declares nothing: like celery-submit, it publishes to the
+queues' exchanges and takes results on RabbitMQ's direct reply-to, so a submit-only account
+(`celeryd-admin provision --role client`) is enough. Failures are celeryd's one-line errors
+with their exit codes (ConfigError, BrokerUnreachable, TlsFailed, AccessRefused, and a
+ResultTimeoutError that is also Celery's TimeoutError); a task that raised re-raises its own
+exception, as in Celery.
+"""
+
+import socket
+from contextlib import nullcontext
+from functools import cached_property
+
+from celery import Celery, states
+from celery.backends.rpc import RPCBackend
+from celery.exceptions import TimeoutError as CeleryTimeoutError
+from celery.result import AsyncResult
+from kombu import Producer
+from kombu.utils.functional import ChannelPromise
+
+from celeryd_pkg import config as config_module
+from celeryd_pkg.errors import CelerydError, ConfigError, ResultTimeout
+from celeryd_pkg.settings import celery_settings, lazy_app
+
+__all__ = ["app", "load_app", "ClientApp", "ClientResult", "DirectReplyBackend",
+           "ResultTimeoutError"]
+
+DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
+# An application waits for the broker one connect (up to broker.connect_timeout), not the
+# workers' retry-forever, and sees the first error: a retry after a failed TLS handshake
+# would report py-amqp's EINVAL instead.
+CONNECT_RETRIES = 0
+
+
+class ResultTimeoutError(ResultTimeout, CeleryTimeoutError):
+    """No result in time: celeryd's ResultTimeout (exit code 6) and Celery's TimeoutError, so
+    code catching either keeps working."""
+
+
+class DirectReplyBackend(RPCBackend):
+    """Celery's rpc backend (the workers reply to the task's reply_to) on RabbitMQ's direct
+    reply-to: no reply queue to declare, replies arrive on the channel that sent the task.
+    Celery keeps one backend, so one reply channel, per thread."""
+
+    @property
+    def binding(self):
+        return self.Queue(DIRECT_REPLY_TO, no_declare=True)
+
+    def on_task_call(self, producer, task_id):
+        """Nothing to declare before a task is sent."""
+
+    def reply_channel(self):
+        """Return the channel consuming this thread's replies, opened on first use."""
+        consumer = self.result_consumer
+        if consumer._consumer is None:
+            consumer.start(None)
+        return consumer._connection.default_channel
+
+    def forget_channel(self):
+        """Drop the reply connection after a broker error: the next task opens a new one."""
+        consumer = self.result_consumer
+        if consumer._connection is not None:
+            consumer._connection.collect()
+        consumer._connection = consumer._consumer = None
+
+    def get_task_meta(self, task_id, backlog_limit=1000):
+        """Direct replies cannot be polled from a queue: take those the channel holds."""
+        if self.result_consumer._consumer is not None:
+            try:
+                while True:
+                    self.result_consumer.drain_events(timeout=0)
+            except socket.timeout:
+                pass
+        meta = self._pending_messages.take(task_id, None)
+        if meta is None:
+            return {"status": states.PENDING, "result": None}
+        self._pending_messages.put(task_id, meta)  # still there for get() and other polls
+        return self.meta_from_decoded(meta)
+
+
+class QueueExchangeProducer(Producer):
+    """Publishes where Celery would use the default exchange (which a submit-only account may
+    not write to) to the queue's own exchange: each queue has one of its name."""
+
+    def publish(self, body, exchange=None, routing_key=None, **kwargs):
+        if not getattr(exchange, "name", exchange):
+            exchange = routing_key
+        return super().publish(body, exchange=exchange, routing_key=routing_key, **kwargs)
+
+
+class ClientResult(AsyncResult):
+    """Celery's AsyncResult whose get() raises celeryd's errors for a timeout or a broker
+    failure while waiting; a task that raised still re-raises its own exception."""
+
+    def get(self, timeout=None, *args, **kwargs):
+        try:
+            return super().get(timeout, *args, **kwargs)
+        except Exception as error:
+            if self._has_arrived() or isinstance(error, CelerydError):
+                raise
+            if isinstance(error, CeleryTimeoutError):
+                raise ResultTimeoutError(
+                    f"celeryd: no result for task {self.id} within {timeout}s (is a worker "
+                    f"consuming its queue? celeryd-admin check)") from None
+            if _from_the_broker(error):
+                raise self.app.broker_error(error) from None
+            raise
+
+    def _has_arrived(self):
+        """Whether this result or a parent's came back (then an error is a task's own)."""
+        node = self
+        while node is not None:
+            if node._cache is not None:
+                return True
+            node = node.parent
+        return False
+
+
+class ClientApp(Celery):
+    """A Celery app that sends every task on its thread's reply channel, with replies by
+    direct reply-to, and raises celeryd's exit-coded errors for broker failures."""
+
+    # Used instead of result_backend's class; the setting stays the workers' rpc://.
+    backend_cls = f"{__name__}:DirectReplyBackend"
+
+    def __init__(self, config, **kwargs):
+        # No main name: Celery would name a script's own tasks main.NAME, and as "celeryd"
+        # a script's add() would become the built-in celeryd.add.
+        super().__init__(None, set_as_current=True, **kwargs)
+        self.celeryd_config = config
+
+    @property
+    def thread_oid(self):
+        """The reply_to Celery gives every task (send_task, delay, canvas)."""
+        return DIRECT_REPLY_TO
+
+    def producer_or_acquire(self, producer=None):
+        """Context giving producer, else one on this thread's reply channel (connected when
+        it first publishes, so an eager task never connects)."""
+        if producer is None:
+            channel = ChannelPromise(self.backend.reply_channel)
+            producer = QueueExchangeProducer(channel, auto_declare=False)
+        return nullcontext(producer)
+
+    def send_task(self, *args, **kwargs):
+        """Celery's send_task. Raise BrokerUnreachable, TlsFailed or AccessRefused (one line,
+        password masked) when the broker cannot take the task."""
+        for may_retry in (True, False):
+            # A reply channel from before (the broker restarted since) gets one retry.
+            stale = self.backend.result_consumer._consumer is not None
+            try:
+                return super().send_task(*args, **kwargs)
+            except Exception as error:
+                if isinstance(error, CelerydError) or not _from_the_broker(error):
+                    raise
+                self.backend.forget_channel()
+                if not (may_retry and stale):
+                    raise self.broker_error(error) from None
+
+    def broker_error(self, error):
+        """Return the CelerydError that explains a broker error (kombu's wrapper unwrapped)."""
+        from celeryd_pkg import broker
+
+        return broker.translate(_root_cause(error), self.celeryd_config)
+
+    @cached_property
+    def AsyncResult(self):
+        return self.subclass_with_self(ClientResult)
+
+
+def load_app(config_path=None):
+    """Given a config file (default: /etc/celeryd/celeryd.yaml, or $CELERYD_CONFIG), return a
+    ClientApp with the workers' settings, set as Celery's current app. Raise ConfigError when
+    the config is invalid or names no broker password."""
+    config = config_module.load(config_path)
+    if not config.broker.password:
+        credentials = config_module.config_paths(config_path)[2]
+        raise ConfigError(
+            f"celeryd: no broker password (in {credentials}): run celeryd-admin provision "
+            f"on the broker host, or celeryd-admin join - here with its join string")
+    settings = celery_settings(config)
+    for queue in settings["task_queues"]:
+        queue.no_declare = True  # the workers declare them; a client account may not
+    settings.update(
+        broker_transport_options=dict(settings["broker_transport_options"],
+                                      max_retries=CONNECT_RETRIES),
+        # send_task retries on a new reply channel itself: Celery's retry would publish on
+        # a channel that consumes no replies.
+        task_publish_retry=False,
+    )
+    client = ClientApp(config)
+    client.conf.update(settings)
+    # Current here and the default in every other thread (a web server's request threads),
+    # where Celery would otherwise make its own app for amqp://guest@localhost.
+    client.set_default()
+    return client
+
+
+def _from_the_broker(error):
+    """Whether error is a connection, channel or socket failure (not the application's)."""
+    import amqp
+    import kombu.exceptions
+
+    return isinstance(error, kombu.exceptions.OperationalError) or isinstance(
+        _root_cause(error), (amqp.exceptions.AMQPError, OSError))
+
+
+def _root_cause(error):
+    """kombu re-raises socket and amqp errors as its own: return the one it wrapped."""
+    import kombu.exceptions
+
+    while isinstance(error, kombu.exceptions.KombuError):
+        inner = error.__cause__ or error.__context__
+        if inner is None:
+            break
+        error = inner
+    return error
+
+
+# `from celeryd_pkg.client import app`: built on first use, from the installed config.
+app: object  # declared for __all__; lazy_app sets it on first use
+__getattr__ = lazy_app(globals(), load_app)
