@@ -39,10 +39,10 @@ def defer_option(parser):
 
 def commands():
     """Return every Command, in the order --help lists them."""
-    from celeryd_pkg.admin import check, control, join, provision, tls
+    from celeryd_pkg.admin import check, control, dead, join, provision, tls
 
     return (*provision.COMMANDS, *tls.COMMANDS, *join.COMMANDS, *control.COMMANDS,
-            *check.COMMANDS)
+            *check.COMMANDS, *dead.COMMANDS)
 
 
 def parse_args(argv):
