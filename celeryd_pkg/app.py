@@ -8,9 +8,11 @@ code imported) serves celeryd-admin and `celery -A celeryd_pkg.admin.control ins
 import importlib
 import sys
 
-from celery import Celery
+from celery import Celery, current_task, signals
+
 from celeryd_pkg import config as config_module
 from celeryd_pkg.errors import ConfigError
+from celeryd_pkg.protocol import REPLY_TO as DIRECT_REPLY_TO
 from celeryd_pkg.settings import celery_settings, lazy_app
 
 __all__ = ["make_app", "make_control_app", "node_name", "app"]
@@ -27,12 +29,28 @@ def make_app(config):
     """Given a Config, return the worker's Celery app: the control app's settings, the built-in
     tasks and the operator's task modules. Raise ConfigError if a task module cannot be
     imported."""
-    from celeryd_pkg import tasks
+    from celeryd_pkg import poison, tasks
 
     app = make_control_app(config)
     tasks.register(app)
     _import_task_modules(config)
+    # Last, so that every task is covered, whatever its base class: a task whose child dies
+    # on each delivery goes to celeryd.dead after tasks.max_redeliveries.
+    poison.install(app, config)
+    signals.before_task_publish.connect(_keep_direct_reply_to, weak=False)
     return app
+
+
+def _keep_direct_reply_to(properties=None, **_):
+    """A task sent by a task (a chain's next step) replies where its caller's result went.
+    Clients take results on RabbitMQ's direct reply-to: Celery copies the bare
+    'amq.rabbitmq.reply-to' into the next message, which the broker refuses from a channel
+    that does not consume it; the caller's own address (as delivered to us) works anywhere."""
+    if properties and properties.get("reply_to") == DIRECT_REPLY_TO:
+        request = getattr(current_task, "request", None)
+        origin = getattr(request, "reply_to", None) or ""
+        if origin.startswith(DIRECT_REPLY_TO + "."):
+            properties["reply_to"] = origin
 
 
 def make_control_app(config):

@@ -27,12 +27,12 @@ from kombu.utils.functional import ChannelPromise
 
 from celeryd_pkg import config as config_module
 from celeryd_pkg.errors import CelerydError, ConfigError, ResultTimeout
+from celeryd_pkg.protocol import REPLY_TO as DIRECT_REPLY_TO
 from celeryd_pkg.settings import celery_settings, lazy_app
 
 __all__ = ["app", "load_app", "ClientApp", "ClientResult", "DirectReplyBackend",
            "ResultTimeoutError"]
 
-DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
 # An application waits for the broker one connect (up to broker.connect_timeout), not the
 # workers' retry-forever, and sees the first error: a retry after a failed TLS handshake
 # would report py-amqp's EINVAL instead.

@@ -163,6 +163,17 @@ def test_threads_each_get_their_results_ready_polls_and_groups_work(deployment):
     assert (result.stdout, result.stderr) == ("True True SUCCESS 3 [0, 2, 4]\n", "")
 
 
+def test_a_chain_returns_its_last_steps_result_to_the_client(deployment):
+    # The worker publishes the second step; it must reply to the client's direct reply-to
+    # address, which the broker refuses in its bare form from the worker's channel.
+    root, _, code = deployment
+    script = ("from celeryd_pkg.client import app\n"
+              "from myapp.tasks import add\n"
+              "print((add.s(4, 4) | add.s(4))().get(timeout=30))\n")
+    result = run_python(script, code, CELERYD_ROOT=str(root))
+    assert (result.returncode, result.stdout, result.stderr) == (0, "12\n", "")
+
+
 def test_an_application_keeps_sending_after_the_broker_restarts(tmp_path, start_worker):
     node = RabbitMQ(tmp_path / "rabbitmq")
     account = {"user": "restart", "password": "restart-test-pw-0123", "vhost": "restart"}
