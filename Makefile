@@ -10,7 +10,7 @@ RUNTIME_DEPS := python3-celery python3-kombu python3-amqp python3-sdnotify pytho
 TEST_DEPS := python3-pytest python3-hypothesis rabbitmq-server util-linux time
 BUILD_DEPS := debhelper dh-python python3-all python3-setuptools python3-stdeb \
 	lintian fakeroot dpkg-dev build-essential
-SYSTEM_DEPS := debootstrap systemd-container iproute2
+SYSTEM_DEPS := debootstrap systemd-container iproute2 qemu-system-x86 e2fsprogs
 
 .PHONY: all deps test unit integration deb lint system demo bench clean
 
