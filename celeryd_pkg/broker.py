@@ -4,13 +4,14 @@ celery-submit and celeryd-admin check use this instead of importing Celery: it c
 third of the start-up time and memory.
 """
 
+import re
 import socket
 
 from celeryd_pkg.errors import (
     AccessRefused, BrokerUnreachable, LoginRefused, TlsFailed, VhostRefused,
 )
 
-__all__ = ["connect", "translate", "ssl_options"]
+__all__ = ["connect", "translate", "missing_queue", "ssl_options"]
 
 
 def ssl_options(broker):
@@ -84,10 +85,22 @@ def translate(error, config, vhost=None):
         return BrokerUnreachable(
             f"cannot connect to broker at {b.host}:{b.port} ({reason}): is rabbitmq-server "
             f"running? (systemctl status rabbitmq-server; celeryd-admin check)")
+    if isinstance(error, amqp.exceptions.NotFound):
+        # Publishing to a queue's exchange that no worker has declared yet.
+        match = re.search(r"no exchange '([^']*)'", getattr(error, "reply_text", "") or "")
+        if match:
+            return missing_queue(match.group(1), config)
     if isinstance(error, amqp.exceptions.AMQPError):
         text = getattr(error, "reply_text", "") or str(error)
         return BrokerUnreachable(f"broker error at {url}: {text}")
     return BrokerUnreachable(f"broker error at {url}: {type(error).__name__}: {error}")
+
+
+def missing_queue(queue, config):
+    """Return the error for a task sent to a queue that does not exist on the broker."""
+    return BrokerUnreachable(
+        f"no queue '{queue}' on {config.broker_url()}: no worker has consumed from it yet "
+        f"(systemctl start celery-worker) or its name (--queue, client.queue) is misspelt")
 
 
 def _tls_problem(error, broker):

@@ -8,7 +8,7 @@ import time
 import uuid
 
 from celeryd_pkg.errors import (
-    BrokerUnreachable, CelerydError, ResultTimeout, TaskFailed, UsageError, report,
+    CelerydError, ResultTimeout, TaskFailed, UsageError, report,
 )
 from celeryd_pkg.protocol import NAMESPACE, REPLY_TO, build_message
 
@@ -107,9 +107,7 @@ def submit(config, args):
         except amqp.exceptions.NotFound:
             returned.append(True)
         if returned:
-            raise BrokerUnreachable(
-                f"celery-submit: no queue '{queue}' on {config.broker_url()}: no worker has "
-                f"consumed from it yet (systemctl start celery-worker) or --queue is misspelt")
+            raise broker.missing_queue(queue, config)
         if args.no_wait:
             return {"id": task_id, "state": "PENDING", "result": None, "runtime": None}
         reply = _wait_for_result(connection, replies, task_id, started, timeout)

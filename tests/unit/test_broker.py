@@ -245,3 +245,12 @@ def test_connect_over_tls_to_an_untrusted_broker_raises_tls_failed(tmp_path, sel
     assert info.value.exit_code == 4
     assert f"TLS to broker at 127.0.0.1:{port} failed" in info.value.message
     assert SECRET not in info.value.message
+
+
+def test_a_publish_to_a_queue_nobody_declared_names_the_queue_and_the_fix(tmp_path):
+    error = amqp.exceptions.NotFound(
+        reply_text="NOT_FOUND - no exchange 'reports' in vhost 'celery'", method_sig=(60, 40))
+    translated = explained(error, load(tmp_path))
+    assert isinstance(translated, BrokerUnreachable)
+    assert translated.message.startswith("no queue 'reports' on amqp://")
+    assert "no worker has consumed from it yet" in translated.message
