@@ -21,7 +21,6 @@ import io
 import json
 import os
 import re
-import shutil
 import subprocess
 import zipfile
 
@@ -34,7 +33,6 @@ from tests.system.test_install import assert_active
 
 README = os.path.join(REPO, "README.md")
 MARKER = "<!-- tested by tests/system/test_application.py -->\n```sh\n"
-WORKDIR = "/root/celeryd"  # stands for the operator's clone of this repository
 WHEELS = "/root/wheels"
 VENV = "/opt/myapp/venv"
 CONF_D = "/etc/celeryd/conf.d"
@@ -106,11 +104,9 @@ def readme_block():
 @pytest.fixture(scope="module", params=harness.SUITES, ids=harness.SUITES)
 def machine(request, prerequisites, debs):
     """A booted machine of the suite with celeryd installed and running on a local broker,
-    examples/ in WORKDIR and the camel-converter wheel in WHEELS."""
+    the camel-converter wheel in WHEELS (the package installs examples/)."""
     with harness.Container(request.param) as container:
         container.prepare(debs, ["rabbitmq-server", "python3-venv"])
-        shutil.copytree(os.path.join(REPO, "examples"), container.root + WORKDIR + "/examples",
-                        ignore=shutil.ignore_patterns("__pycache__"))
         build_wheel(container.root + WHEELS)
         container.boot()
         container.run(["apt-get", "install", "-y", "rabbitmq-server"], timeout=600)
@@ -142,7 +138,7 @@ def worker_log(machine):
 def test_the_readme_block_installs_myapp_and_everything_it_prints_is_right(machine):
     block = readme_block()
     assert len(PIP_LINE.findall(block)) == 1, block  # the line OFFLINE_PIP is for
-    run = machine.run(f"{OFFLINE_PIP}\ncd {WORKDIR}\nset -e\n{block}", check=False, timeout=600)
+    run = machine.run(f"{OFFLINE_PIP}\nset -e\n{block}", check=False, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     printed = [line for line in run.stdout.splitlines()
                if line in ("8", '{"ticketPrice": 40}')]
