@@ -158,7 +158,7 @@ def test_the_previous_release_installs_with_rabbitmq_and_adds_4_4(machine):
 
 
 def test_the_operator_edits_config_adds_an_instance_and_joins_the_local_broker(machine):
-    machine.run(["sed", "-i", "s/^  concurrency: 2$/  concurrency: 3/", CONFIG])
+    machine.run(["sed", "-i", r"s/^#\?  concurrency: 2$/  concurrency: 3/", CONFIG])
     machine.run(f"printf 'worker:\\n  queues: [reports]\\n  concurrency: 1\\n' >{OVERLAY}")
     machine.run(["systemctl", "enable", "--now", WORKERS[1]], timeout=180)
     # join the real way: its credentials (account worker-self) and its drop-ins.
