@@ -8,6 +8,10 @@ __all__ = ["Notifier"]
 
 logger = logging.getLogger(__name__)
 
+# A send waits at most this long for room in the socket, then the update is dropped: the
+# event loop must never stall on a reader that has fallen behind (or is not systemd at all).
+SEND_TIMEOUT = 0.1
+
 
 class Notifier:
     """Sends sd_notify datagrams to systemd when NOTIFY_SOCKET is set; a no-op otherwise."""
@@ -35,6 +39,8 @@ class Notifier:
                 import sdnotify
 
                 self._notifier = sdnotify.SystemdNotifier(debug=True)
+                if self._notifier.socket is not None:
+                    self._notifier.socket.settimeout(SEND_TIMEOUT)
             # sdnotify encodes as Latin-1; systemd reads UTF-8 (a queue may be named "队列").
             self._notifier.notify("\n".join(fields).encode("utf-8").decode("latin-1"))
         except Exception:  # noqa: BLE001 - notification must never break the worker

@@ -140,3 +140,26 @@ def test_the_watchdog_interval_is_watchdog_usec_when_meant_for_this_process(env,
 def test_status_text_beyond_latin_1_arrives_as_utf_8(systemd):
     Notifier().status("Consuming from 队列 and café")
     assert received(systemd) == ["STATUS=Consuming from 队列 and café".encode("utf-8")]
+
+
+def test_a_reader_that_stopped_reading_never_stalls_the_worker(systemd):
+    """Found with a worker whose notify socket nobody read: its event loop froze in sendall
+    once the socket's queue was full. Now each send waits at most SEND_TIMEOUT, then drops."""
+    import threading
+
+    from celeryd_pkg.notify import SEND_TIMEOUT
+
+    with open("/proc/sys/net/unix/max_dgram_qlen") as limit:
+        count = int(limit.read()) + 20  # 20 more than the kernel queues unread
+    notifier = Notifier()
+    sender = threading.Thread(target=lambda: [notifier.status(f"busy {n}") for n in range(count)],
+                              daemon=True)
+    started = time.monotonic()
+    sender.start()
+    sender.join(timeout=20 * SEND_TIMEOUT + 10)
+    assert not sender.is_alive(), "a send blocked on the full socket"
+    assert time.monotonic() - started >= 20 * SEND_TIMEOUT * 0.9  # it did wait, then drop
+    waiting = received(systemd)
+    assert waiting[0] == b"STATUS=busy 0" and len(waiting) < count
+    notifier.status("after")  # room again once systemd reads
+    assert received(systemd) == [b"STATUS=after"]
