@@ -30,8 +30,8 @@ from celeryd_pkg.errors import CelerydError, ConfigError, ResultTimeout
 from celeryd_pkg.protocol import REPLY_TO as DIRECT_REPLY_TO
 from celeryd_pkg.settings import celery_settings, lazy_app
 
-__all__ = ["app", "load_app", "ClientApp", "ClientResult", "DirectReplyBackend",
-           "ResultTimeoutError"]
+__all__ = ["app", "load_app", "submit_many", "ClientApp", "ClientResult",
+           "DirectReplyBackend", "ResultTimeoutError"]
 
 # An application waits for the broker one connect (up to broker.connect_timeout), not the
 # workers' retry-forever, and sees the first error: a retry after a failed TLS handshake
@@ -201,6 +201,48 @@ def load_app(config_path=None):
     # where Celery would otherwise make its own app for amqp://guest@localhost.
     client.set_default()
     return client
+
+
+def submit_many(tasks, wait=True, timeout=None, queue=None, window=None):
+    """Given an iterable of tasks (`add.s(4, 4)`, {"task": "add", "args": [4, 4]} or
+    ("add", [4, 4], {}), as celery-submit --batch reads them), publish them pipelined and
+    confirmed on one connection and yield a celeryd_pkg.batch.Outcome for each as it
+    completes (index, id, state, result, error); without wait, state SENT once stored, in
+    order. A list or tuple is checked whole before anything is sent, any other iterable item
+    by item: a bad item raises UsageError naming its index. timeout (default client.timeout)
+    bounds the silence of the broker, not each task."""
+    from celeryd_pkg.pipeline import WINDOW, Pipeline
+
+    config = _the_app().celeryd_config
+    default_queue = queue or config.client.queue
+    checked = _checked_tasks(tasks, default_queue)
+    pipeline = Pipeline(config, wait=wait, timeout=timeout, window=window or WINDOW)
+    try:
+        if isinstance(checked, list):
+            pipeline.check_queues({task.queue for _, task in checked})
+        yield from pipeline.run(checked)
+    finally:
+        pipeline.close()
+
+
+def _checked_tasks(tasks, default_queue):
+    """Return [(index, Task)] for a list or tuple, else a generator that checks each item."""
+    from celeryd_pkg.batch import to_task
+    from celeryd_pkg.errors import UsageError
+
+    def check(index, item):
+        try:
+            return index, to_task(item, default_queue)
+        except ValueError as error:
+            raise UsageError(f"submit_many: item {index}: {error}") from None
+
+    if isinstance(tasks, (list, tuple)):
+        return [check(index, item) for index, item in enumerate(tasks)]
+    return (check(index, item) for index, item in enumerate(tasks))
+
+
+def _the_app():
+    return globals()["app"] if "app" in globals() else __getattr__("app")
 
 
 def _from_the_broker(error):

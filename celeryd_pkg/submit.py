@@ -10,7 +10,7 @@ import uuid
 from celeryd_pkg.errors import (
     CelerydError, ResultTimeout, TaskFailed, UsageError, report,
 )
-from celeryd_pkg.protocol import NAMESPACE, REPLY_TO, build_message
+from celeryd_pkg.protocol import REPLY_TO, build_message
 
 __all__ = ["main", "parse_args", "parse_value", "task_name", "build_message"]
 
@@ -30,7 +30,8 @@ def parse_args(argv):
         description="Send a task to the celeryd workers and print its result.",
         epilog="Exit codes: 0 success, 1 the task raised, 2 bad arguments, 3 bad config, "
                "4 broker unreachable, 5 broker refused access, 6 timeout waiting for the result.")
-    parser.add_argument("task", help="task name: add, mul, xsum, echo, sleep, or a dotted name")
+    parser.add_argument("task", nargs="?",
+                        help="task name: add, mul, xsum, echo, sleep, or a dotted name")
     parser.add_argument("args", nargs="*", metavar="ARG",
                         help="positional arguments, JSON literals where they parse")
     parser.add_argument("--kwarg", action="append", default=[], metavar="K=V",
@@ -43,7 +44,19 @@ def parse_args(argv):
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object: id, state, result, runtime")
     parser.add_argument("--config", metavar="FILE", help="config file (default /etc/celeryd/celeryd.yaml)")
+    parser.add_argument("--batch", metavar="FILE",
+                        help="send one task per line of FILE (- for stdin), JSON, and print one "
+                             "JSON line per task as it completes")
+    parser.add_argument("--window", type=int, metavar="N",
+                        help="with --batch: most messages in flight unconfirmed (default 1000)")
     args = parser.parse_args(argv)
+    if args.window is not None and (args.batch is None or args.window < 1):
+        raise UsageError(f"celery-submit: --window {args.window}: expected N >= 1, with --batch")
+    if args.batch is not None:
+        _check_batch_args(args)
+        return args
+    if args.task is None:
+        parser.error("the following arguments are required: task")
     args.task = task_name(args.task)
     args.args = [parse_value(value) for value in args.args]
     args.kwargs = {}
@@ -59,11 +72,23 @@ def parse_args(argv):
     return args
 
 
+def _check_batch_args(args):
+    """--batch lines carry the task, its arguments and countdown; the output is JSON lines."""
+    for option, used in (("TASK", args.task is not None), ("--kwarg", args.kwarg),
+                         ("--countdown", args.countdown is not None), ("--json", args.json)):
+        if used:
+            raise UsageError(f"celery-submit: --batch takes no {option}: each line names its "
+                             f"task and arguments, and the output is JSON lines")
+
+
 def task_name(name):
     """Bare names are built-ins (add -> celeryd.add); dotted names pass through."""
-    if not name or any(c.isspace() for c in name) or name.startswith(".") or name.endswith("."):
-        raise UsageError(f"celery-submit: task name {name!r}: expected NAME or module.NAME")
-    return name if "." in name else NAMESPACE + name
+    from celeryd_pkg.batch import task_name as resolve
+
+    try:
+        return resolve(name)
+    except ValueError as error:
+        raise UsageError(f"celery-submit: {error}") from None
 
 
 def parse_value(text):
@@ -161,6 +186,49 @@ def failure_message(task, outcome):
     return f"celery-submit: task {task} [{outcome['id']}] raised {exc_type}: {message}"
 
 
+def submit_batch(config, args):
+    """Send every line of args.batch through one pipelined connection; print an outcome line
+    per task (or, with --no-wait, the ids in input order). Return the exit code."""
+    from celeryd_pkg import batch
+    from celeryd_pkg.errors import AccessRefused
+    from celeryd_pkg.pipeline import WINDOW, Pipeline
+
+    source = batch.BatchInput(args.batch, args.queue or config.client.queue)
+    pipeline = Pipeline(config, wait=not args.no_wait, timeout=args.timeout,
+                        window=args.window or WINDOW)
+    counts = {}
+    try:
+        source.check()  # every line, before anything is sent
+        if source.count:
+            pipeline.check_queues(source.queues)
+            for outcome in pipeline.run(source.tasks()):
+                counts[outcome.state] = counts.get(outcome.state, 0) + 1
+                _print_outcome(outcome, args.no_wait)
+    finally:
+        source.close()
+        pipeline.close()
+    code = batch.exit_code(counts)
+    if isinstance(pipeline.error, AccessRefused):
+        code = pipeline.error.exit_code
+    if code:
+        print(f"celery-submit: {batch.summary(counts)}", file=sys.stderr)
+    return code
+
+
+def _print_outcome(outcome, no_wait):
+    if not no_wait:
+        line = {"line": outcome.index, "id": outcome.id, "state": outcome.state,
+                "result": outcome.result}
+        if outcome.error:
+            line["error"] = outcome.error
+        print(json.dumps(line, sort_keys=True), flush=True)
+    elif outcome.state == "SENT":
+        print(outcome.id, flush=True)
+    else:
+        print(f"celery-submit: line {outcome.index}: {outcome.state}: {outcome.error}",
+              file=sys.stderr, flush=True)
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     try:
@@ -171,6 +239,8 @@ def main(argv=None):
         warning = settings.plain_remote_warning()
         if warning:
             print(warning, file=sys.stderr)
+        if args.batch is not None:
+            return submit_batch(settings, args)
         outcome = submit(settings, args)
         if args.no_wait and not args.json:
             print(outcome["id"])
