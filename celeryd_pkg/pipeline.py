@@ -143,8 +143,10 @@ class Pipeline:
         self._by_tag[self._next_tag] = task_id
         self._next_tag += 1
         try:
+            # A socket that stopped draining (a partition) fails the write after timeout.
             self._channel.basic_publish(amqp.Message(body, **properties), exchange=task.queue,
-                                        routing_key=task.queue, mandatory=True)
+                                        routing_key=task.queue, mandatory=True,
+                                        timeout=self.timeout)
         except Exception as error:  # noqa: BLE001 - every connection failure ends the run
             self._lost(error)
 
