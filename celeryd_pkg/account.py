@@ -7,8 +7,6 @@ for display, or a join string carrying the broker's CA) and the file's reading a
 import contextlib
 import grp
 import os
-from pathlib import Path
-from urllib.parse import quote, unquote
 
 from celeryd_pkg import files
 from celeryd_pkg.errors import ConfigError, UsageError
@@ -36,6 +34,8 @@ def to_url(broker, masked=True, vhost=None, ca_file=None):
     """Given a broker mapping {host, port, vhost, user, password, tls}, return its AMQP URL (of
     another vhost if given). The password is '***' when masked; unmasked with ca_file, the URL
     is a join string carrying that CA certificate."""
+    from urllib.parse import quote  # here: celery-submit's start-up does without it
+
     vhost = broker["vhost"] if vhost is None else vhost
     password = broker.get("password") or ""
     secret = "***" if masked and password else quote(password, safe="")
@@ -66,6 +66,8 @@ def from_url(text):
     (percent-encoded; CERT is the broker's CA certificate as base64url DER), return
     {host, port, vhost, user, password, tls} plus ca (PEM) when given. Raise UsageError
     naming the wrong part, with the password masked."""
+    from urllib.parse import unquote
+
     text = text.strip()
     if not text:
         raise UsageError(f"celeryd-admin join: no URL given: {EXPECTED}")
@@ -142,6 +144,7 @@ def encode_ca(path):
     """Return the CA certificate at path as base64url DER, for a join string."""
     import base64
     import ssl
+    from pathlib import Path
 
     der = ssl.PEM_cert_to_DER_cert(Path(path).read_text())
     return base64.urlsafe_b64encode(der).decode().rstrip("=")
@@ -205,6 +208,7 @@ def remove(path):
 def locked(path):
     """Hold an exclusive lock on the credentials file's directory for a read-modify-write."""
     import fcntl
+    from pathlib import Path
 
     directory = Path(path).parent
     try:

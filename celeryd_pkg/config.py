@@ -1,7 +1,8 @@
 """One strict configuration loader for the worker, the client and the admin command."""
 
+import errno
 import os
-from pathlib import Path
+import stat
 
 from celeryd_pkg import account
 from celeryd_pkg.errors import ConfigError
@@ -18,6 +19,8 @@ LOADER_ENV = {"CELERYD_CONFIG", "CELERYD_ROOT"}
 # The credentials file may set only the broker account's keys.
 CREDENTIAL_KEYS = {"broker": set(account.KEYS)}
 LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "ip6-localhost"}
+# The errors Path.exists() and Path.is_dir() take to mean "not there" (others are raised).
+MISSING_ERRNOS = (errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP)
 
 
 class Section:
@@ -88,12 +91,54 @@ def is_local_host(host):
 def config_paths(config_file=None, env=os.environ):
     """Given an explicit config file (or None), return (main file, conf.d dir, credentials
     file, explicit) where explicit says whether a missing main file is an error."""
+    from pathlib import Path
+
+    main, conf_d, credentials, explicit = _locations(config_file, env)
+    return Path(main), Path(conf_d), Path(credentials), explicit
+
+
+def _locations(config_file, env):
+    """config_paths as path strings spelt as pathlib spells them (messages and sources show
+    them): load() does without pathlib, whose import celery-submit's start-up would pay."""
     explicit = config_file or env.get("CELERYD_CONFIG")
     if explicit:
-        main = Path(explicit)
+        main = _spelt(explicit)
     else:
-        main = Path(env.get("CELERYD_ROOT", "/")) / DEFAULT_CONFIG.lstrip("/")
-    return main, main.parent / "conf.d", main.parent / "credentials", bool(explicit)
+        root = _spelt(env.get("CELERYD_ROOT", "/"))  # only "/" and "//" end in a slash
+        main = _spelt((root if root.endswith("/") else root + "/") + DEFAULT_CONFIG[1:])
+    directory = main[:main.rindex("/") + 1] if "/" in main else ""
+    return (main, _spelt(directory + "conf.d"), _spelt(directory + "credentials"),
+            bool(explicit))
+
+
+def _spelt(path):
+    """Return path as str(pathlib.PurePosixPath(path)) spells it: no empty or '.' parts, no
+    trailing slash, two leading slashes kept (POSIX leaves their meaning open)."""
+    path = os.fspath(path)
+    root = "//" if path[:2] == "//" and path[2:3] != "/" else "/" if path[:1] == "/" else ""
+    return root + "/".join(part for part in path.split("/") if part not in ("", ".")) or "."
+
+
+def _stat(path):
+    """Return os.stat(path), or None where Path.exists() would say False."""
+    try:
+        return os.stat(path)
+    except OSError as error:
+        if error.errno not in MISSING_ERRNOS:
+            raise
+    except ValueError:  # a NUL in the name
+        pass
+    return None
+
+
+def _yaml_files(directory):
+    """The names Path(directory).glob("*.yaml") finds (dot files too; none if unreadable),
+    sorted."""
+    try:
+        names = os.listdir(directory)
+    except PermissionError:
+        return []
+    return sorted(name for name in names if name.endswith(".yaml"))
 
 
 def load(config_file=None, overrides=None, env=os.environ, instance=None,
@@ -102,23 +147,23 @@ def load(config_file=None, overrides=None, env=os.environ, instance=None,
     environment and an optional worker instance name, return a validated Config (without the
     credentials file if with_credentials is False: the operator's own settings). Raise
     ConfigError naming the file, key and expected type on any problem."""
-    main, conf_d, credentials, explicit = config_paths(config_file, env)
+    main, conf_d, credentials, explicit = _locations(config_file, env)
     values = defaults()
     sources = []
 
-    if explicit or main.exists():
+    if explicit or _stat(main):
         apply_file(values, main, sources)
-    if conf_d.is_dir():
-        for path in sorted(conf_d.glob("*.yaml")):
+    conf_d_stat = _stat(conf_d)
+    if conf_d_stat and stat.S_ISDIR(conf_d_stat.st_mode):
+        for name in _yaml_files(conf_d):
             # Instance overlays are read only by their own instance, last.
-            if path.stem.startswith("@"):
-                continue
-            apply_file(values, path, sources)
+            if not name.startswith("@"):
+                apply_file(values, f"{conf_d}/{name}", sources)
     if instance:
-        overlay = conf_d / f"@{instance}.yaml"
-        if overlay.exists():
+        overlay = _spelt(f"{conf_d}/@{instance}.yaml")
+        if _stat(overlay):
             apply_file(values, overlay, sources)
-    if with_credentials and credentials.exists():
+    if with_credentials and _stat(credentials):
         apply_file(values, credentials, sources, allowed=CREDENTIAL_KEYS)
 
     problems = []
@@ -151,8 +196,7 @@ def load(config_file=None, overrides=None, env=os.environ, instance=None,
 def read_credentials(path):
     """Return the broker keys the credentials file at path sets ({} if there is none),
     validated as load() validates them. Raise ConfigError as load() does."""
-    path = Path(path)
-    if not path.exists():
+    if not _stat(path):
         return {}
     values = {section: {} for section in SCHEMA}
     apply_file(values, path, [], allowed=CREDENTIAL_KEYS)

@@ -2,7 +2,6 @@
 
 import contextlib
 import os
-from pathlib import Path
 
 from celeryd_pkg.errors import ConfigError
 
@@ -17,6 +16,7 @@ def staged(path, data, prog="celeryd-admin", mode=0o644, gid=None):
     file removed, so readers see the old file or the new one, never half of one, and a secret
     is never readable by anyone it is not for. Raise ConfigError naming path on failure."""
     import secrets  # here: celery-submit imports this module and never writes
+    from pathlib import Path
 
     path = Path(path)
     # A random name with O_EXCL|O_NOFOLLOW: a planted file or symlink can't catch the data.
@@ -75,6 +75,8 @@ def remove(path, prog="celeryd-admin"):
     except OSError as error:
         raise ConfigError(f"{prog}: cannot remove {path} ({error.strerror}); run as "
                           f"root") from None
+    from pathlib import Path
+
     _fsync_dir(Path(path).parent)
     return True
 

@@ -1,6 +1,7 @@
 """Read one YAML configuration file and check every key in it against the schema."""
 
 import grp
+import os
 
 from celeryd_pkg.errors import ConfigError
 from celeryd_pkg.schema import SCHEMA
@@ -12,8 +13,10 @@ TYPE_NAMES = {int: "an integer", str: "a string", list: "a list of strings",
 
 
 def _read_text(path):
+    """Return the text of path (a str or a Path) as Path.read_text reads it."""
     try:
-        return path.read_text(encoding="utf-8")
+        with open(path, encoding="utf-8") as file:
+            return file.read()
     except PermissionError:
         raise ConfigError(permission_message(path)) from None
     except FileNotFoundError:
@@ -28,7 +31,7 @@ def _read_text(path):
 
 def permission_message(path):
     try:
-        group = grp.getgrgid(path.stat().st_gid).gr_name
+        group = grp.getgrgid(os.stat(path).st_gid).gr_name
     except (OSError, KeyError):
         group = "celery"
     return (f"celeryd: {path}: permission denied; it is readable by group '{group}': "
