@@ -6,7 +6,6 @@ or Celery signatures. Both publish through pipeline.Pipeline and report one Outc
 """
 
 import json
-import tempfile
 from collections import namedtuple
 
 from celeryd_pkg.errors import UsageError
@@ -138,6 +137,7 @@ class BatchInput:
                                  f"{error.strerror}") from None
         if first_pass:
             import sys
+            import tempfile
 
             self._spool = tempfile.TemporaryFile()
             return _Tee(sys.stdin.buffer, self._spool)

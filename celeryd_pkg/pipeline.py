@@ -44,7 +44,8 @@ class Pipeline:
     def __init__(self, config, wait=True, timeout=None, window=WINDOW, max_pending=MAX_PENDING):
         self.config = config
         self.wait = wait
-        self.timeout = config.client.timeout if timeout is None else timeout
+        # At least a second of silence: a client.timeout of 0 would give up at once.
+        self.timeout = max(config.client.timeout if timeout is None else timeout, 1)
         self.window = window
         self.max_pending = max(max_pending, window)
         self.error = None  # the CelerydError that ended the connection, if one did

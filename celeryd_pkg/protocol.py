@@ -12,6 +12,12 @@ NAMESPACE = "celeryd."
 REPLY_TO = "amq.rabbitmq.reply-to"
 # Celery's own cap on the argsrepr/kwargsrepr headers (celery.app.amqp, saferepr(..., 1024)).
 DISPLAY_LIMIT = 1024
+# The body's last part, the same for every task celeryd sends (no canvas).
+EMBED = ', {"callbacks": null, "errbacks": null, "chain": null, "chord": null}]'
+
+# The sender's "pid@hostname", made once per process: build_message runs once per task of a
+# batch. Celery, too, reads the host name once (celery.utils.nodenames.gethostname).
+_origin = (None, None)
 
 
 def build_message(task, args, kwargs, task_id, reply_to=None, countdown=None, now=None):
@@ -25,11 +31,10 @@ def build_message(task, args, kwargs, task_id, reply_to=None, countdown=None, no
         "lang": "py", "task": task, "id": task_id, "shadow": None, "eta": eta, "expires": None,
         "group": None, "group_index": None, "retries": 0, "timelimit": [None, None],
         "root_id": task_id, "parent_id": None, "argsrepr": _display(tuple(args)),
-        "kwargsrepr": _display(kwargs), "origin": f"{os.getpid()}@{socket.gethostname()}",
-        "ignore_result": reply_to is None,
+        "kwargsrepr": _display(kwargs), "origin": _sender(), "ignore_result": reply_to is None,
     }
-    embed = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
-    body = json.dumps([list(args), kwargs, embed])
+    # json.dumps([list(args), kwargs, embed]) with the constant embed written once.
+    body = json.dumps([list(args), kwargs])[:-1] + EMBED
     properties = {
         "content_type": "application/json", "content_encoding": "utf-8",
         "correlation_id": task_id, "delivery_mode": 2, "priority": 0, "application_headers": headers,
@@ -37,6 +42,15 @@ def build_message(task, args, kwargs, task_id, reply_to=None, countdown=None, no
     if reply_to:
         properties["reply_to"] = reply_to
     return body, properties
+
+
+def _sender():
+    """Return "pid@hostname", the origin header; the pid is checked for forks."""
+    global _origin
+    pid = os.getpid()
+    if _origin[0] != pid:
+        _origin = (pid, f"{pid}@{socket.gethostname()}")
+    return _origin[1]
 
 
 def _display(value):

@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import os
 import socket
 import sys
 import time
@@ -18,8 +19,28 @@ READY_STATES = {"SUCCESS", "FAILURE", "REVOKED"}
 
 
 class Parser(argparse.ArgumentParser):
+    def __init__(self, **options):
+        super().__init__(formatter_class=Formatter, **options)
+
     def error(self, message):
         raise UsageError(f"celery-submit: {message} (see celery-submit --help)")
+
+
+class Formatter(argparse.HelpFormatter):
+    """argparse's help layout at shutil.get_terminal_size()'s width, found without importing
+    shutil (and bz2 and lzma with it): argparse makes one for every add_argument."""
+
+    def __init__(self, prog):
+        try:
+            columns = int(os.environ["COLUMNS"])
+        except (KeyError, ValueError):
+            columns = 0
+        if columns <= 0:
+            try:
+                columns = os.get_terminal_size(sys.__stdout__.fileno()).columns or 80
+            except (AttributeError, ValueError, OSError):
+                columns = 80
+        super().__init__(prog, width=columns - 2)
 
 
 def parse_args(argv):
@@ -50,10 +71,17 @@ def parse_args(argv):
     parser.add_argument("--window", type=int, metavar="N",
                         help="with --batch: most messages in flight unconfirmed (default 1000)")
     args = parser.parse_args(argv)
+    for name in ("countdown", "timeout"):
+        value = getattr(args, name)
+        if value is not None and not (0 <= value < 1e9):
+            raise UsageError(f"celery-submit: --{name} {value}: expected seconds >= 0")
     if args.window is not None and (args.batch is None or args.window < 1):
         raise UsageError(f"celery-submit: --window {args.window}: expected N >= 1, with --batch")
     if args.batch is not None:
         _check_batch_args(args)
+        if args.timeout == 0:
+            # It bounds the broker's silence: 0 would give up on every line at once.
+            raise UsageError("celery-submit: --timeout 0: with --batch, expected seconds > 0")
         return args
     if args.task is None:
         parser.error("the following arguments are required: task")
@@ -65,10 +93,6 @@ def parse_args(argv):
         if not sep or not key.isidentifier():
             raise UsageError(f"celery-submit: --kwarg {item!r}: expected NAME=VALUE")
         args.kwargs[key] = parse_value(value)
-    for name in ("countdown", "timeout"):
-        value = getattr(args, name)
-        if value is not None and not (0 <= value < 1e9):
-            raise UsageError(f"celery-submit: --{name} {value}: expected seconds >= 0")
     return args
 
 
@@ -230,7 +254,24 @@ def _print_outcome(outcome, no_wait):
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
+    """Run celery-submit on argv and return its exit code; as the program (argv None), exit."""
+    if argv is None:
+        _exit(_main(sys.argv[1:]))
+    return _main(argv)
+
+
+def _exit(code):
+    """Exit with code once stdout and stderr are written, skipping the interpreter's teardown
+    of every module (a tenth of celery-submit's run): nothing else is open by then."""
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):  # a closed pipe: the interpreter reports it as it always has
+        sys.exit(code)
+    os._exit(code)
+
+
+def _main(argv):
     try:
         args = parse_args(argv)
         from celeryd_pkg import config
