@@ -4,12 +4,14 @@
     When  the admin runs `apt-get install ./*.deb` (python3-celeryd-pkg, celeryd, celery-submit)
     Then  celery-worker is active
     And   `celery-submit add 4 4` prints 8 and exits 0
+    And   `celery-submit --batch -` with 1,000 lines prints 1,000 right results and exits 0
 
     | suite    |
     | trixie   |
     | bookworm |
 """
 
+import json
 import time
 
 
@@ -39,3 +41,10 @@ def test_install_starts_the_worker_and_celery_submit_adds(booted):
 
     submit = booted.run(['celery-submit', 'add', '4', '4'], check=False, timeout=60)
     assert (submit.returncode, submit.stdout.strip()) == (0, '8'), submit.stderr
+
+    lines = "".join(json.dumps(["add", [n, n]]) + "\n" for n in range(1000))
+    batch = booted.run(['celery-submit', '--batch', '-'], check=False, timeout=300, input=lines)
+    assert batch.returncode == 0, batch.stderr
+    outcomes = [json.loads(line) for line in batch.stdout.splitlines()]
+    assert sorted((o["line"], o["state"], o["result"]) for o in outcomes) == [
+        (n + 1, "SUCCESS", 2 * n) for n in range(1000)]
