@@ -65,21 +65,29 @@ class Pipeline:
         from celeryd_pkg import broker
 
         self._connect()
-        channel = self._connection.channel()
-        for queue in sorted(queues):
-            try:
-                channel.exchange_declare(queue, "direct", passive=True)
-            except amqp.exceptions.NotFound:
-                raise broker.missing_queue(queue, self.config) from None
-            except Exception as error:  # noqa: BLE001 - translated, never a traceback
-                raise broker.translate(error, self.config) from None
-        channel.close()
+        try:
+            channel = self._connection.channel()
+            for queue in sorted(queues):
+                try:
+                    channel.exchange_declare(queue, "direct", passive=True)
+                except amqp.exceptions.NotFound:
+                    raise broker.missing_queue(queue, self.config) from None
+            channel.close()
+        except CelerydError:
+            raise
+        except Exception as error:  # noqa: BLE001 - translated, never a traceback
+            raise broker.translate(error, self.config) from None
 
     def run(self, tasks):
         """Given an iterable of (index, Task), publish each and yield its Outcome: as results
         arrive (wait), or as confirms arrive, in input order (no wait)."""
+        from celeryd_pkg import broker
+
         self._connect()
-        self._open_channel()
+        try:
+            self._open_channel()
+        except Exception as error:  # noqa: BLE001 - translated, never a traceback
+            raise broker.translate(error, self.config) from None
         tasks = iter(tasks)
         published = 0
         for index, task in tasks:
