@@ -11,7 +11,7 @@ from celeryd_pkg.errors import (
     AccessRefused, BrokerUnreachable, LoginRefused, TlsFailed, VhostRefused,
 )
 
-__all__ = ["connect", "translate", "missing_queue", "ssl_options"]
+__all__ = ["connect", "close", "translate", "missing_queue", "ssl_options"]
 
 
 def ssl_options(broker):
@@ -48,6 +48,15 @@ def connect(config, vhost=None):
     except Exception as error:  # noqa: BLE001 - translated, never shown as a traceback
         raise translate(error, config, vhost) from None
     return connection
+
+
+def close(connection):
+    """Close connection politely, else free it: callers close when their work is done or
+    beyond saving, so a failed close is not an error."""
+    try:
+        connection.collect() if connection.transport is None else connection.close()
+    except Exception:  # noqa: BLE001 - closing is best effort
+        connection.collect()
 
 
 def translate(error, config, vhost=None):

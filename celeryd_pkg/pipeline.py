@@ -115,13 +115,11 @@ class Pipeline:
         self.close()
 
     def close(self):
+        from celeryd_pkg import broker
+
         connection, self._connection = self._connection, None
-        if connection is None:
-            return
-        try:
-            connection.collect() if connection.transport is None else connection.close()
-        except Exception:  # noqa: BLE001 - every outcome is out; closing is best effort
-            connection.collect()
+        if connection is not None:
+            broker.close(connection)
 
     def _connect(self):
         from celeryd_pkg import broker

@@ -151,10 +151,7 @@ def _publish(config, copy):
             publisher.declare_dead_queue()
         publisher.publish(copy)
     finally:
-        try:
-            connection.close()
-        except Exception:  # noqa: BLE001 - the copy is stored; closing is best effort
-            connection.collect()
+        broker.close(connection)
 
 
 def on_worker_lost(request, error, exc_info):

@@ -165,10 +165,7 @@ def submit(config, args):
     except Exception as error:  # noqa: BLE001 - translated, never shown as a traceback
         raise broker.translate(error, config) from None
     finally:
-        try:
-            connection.collect() if connection.transport is None else connection.close()
-        except Exception:  # noqa: BLE001 - the result is what matters; closing is best effort
-            pass
+        broker.close(connection)
     return {"id": task_id, "state": reply.get("status"), "result": reply.get("result"),
             "runtime": round(time.monotonic() - started, 6)}
 

@@ -138,10 +138,7 @@ def action_dead(args):
     except Exception as error:  # noqa: BLE001 - translated, never a traceback
         raise broker.translate(error, settings) from None
     finally:
-        try:
-            connection.close()
-        except Exception:  # noqa: BLE001 - the work is done; closing is best effort
-            connection.collect()
+        broker.close(connection)
 
 
 def _arguments(parser):
