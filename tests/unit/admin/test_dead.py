@@ -29,6 +29,8 @@ def dead_message(task_id, tag, queue="jobs", exchange="jobs", routing_key="jobs"
 class FakeBroker:
     """celeryd.dead (None: not declared yet) and every call made on its channels, in order."""
 
+    transport = "connected"  # broker.close closes a connection that still has one
+
     def __init__(self, messages=None, routable=True):
         self.queue = messages
         self.routable = routable
