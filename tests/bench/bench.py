@@ -109,9 +109,9 @@ TABLE_NOTE = """\
 ratio = celeryd / stock Celery. Rows in s or MiB: lower is better, the target is a ceiling.
 Rows in tasks/s: higher is better, the target is a floor (aim: 1.2x); each is tasks over the
 whole-process wall time from starting the submitting process until every result is back,
-worker concurrency 2, one private RabbitMQ, medians of {runs} interleaved runs. Stock Celery runs with its default settings and,
-in the last two columns, with celeryd's reliable settings (acks_late, reject_on_worker_lost,
-prefetch 1, confirm_publish)."""
+worker concurrency 2, one private RabbitMQ, medians of {runs} interleaved runs. Stock Celery
+runs with its default settings and, in the last two columns, with celeryd's reliable settings
+(acks_late, reject_on_worker_lost, prefetch 1, confirm_publish)."""
 
 
 def amount(value, unit):
