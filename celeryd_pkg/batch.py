@@ -11,7 +11,7 @@ from collections import namedtuple
 from celeryd_pkg.errors import UsageError
 from celeryd_pkg.protocol import NAMESPACE
 
-__all__ = ["Task", "Outcome", "STORED", "NOT_STORED", "parse_line", "to_task", "task_name",
+__all__ = ["Task", "Outcome", "NOT_STORED", "parse_line", "to_task", "task_name",
            "BatchInput", "exit_code", "summary"]
 
 Task = namedtuple("Task", "name args kwargs queue countdown")
@@ -19,9 +19,8 @@ Task = namedtuple("Task", "name args kwargs queue countdown")
 Outcome = namedtuple("Outcome", "index id state result error")
 
 OBJECT_KEYS = ("task", "args", "kwargs", "queue", "countdown")
-# The states of a task the broker stored (it runs), and of one it did not (safe to resend,
-# except UNCONFIRMED: the confirm was lost with the connection, the task may be stored).
-STORED = ("SUCCESS", "FAILURE", "TIMEOUT", "LOST", "SENT")
+# The states of a task the broker did not store (safe to resend, except UNCONFIRMED: the
+# confirm was lost with the connection, the task may be stored).
 NOT_STORED = ("RETURNED", "NACKED", "UNCONFIRMED", "NOT_SENT")
 
 
@@ -161,8 +160,8 @@ class _Tee:
 
 
 # Exit code by state, worst first: not stored (4), no result (6), raised (1).
-_EXIT = (("RETURNED", 4), ("NACKED", 4), ("UNCONFIRMED", 4), ("NOT_SENT", 4),
-         ("TIMEOUT", 6), ("LOST", 6), ("FAILURE", 1))
+_EXIT = tuple((state, 4) for state in NOT_STORED) + (
+    ("TIMEOUT", 6), ("LOST", 6), ("FAILURE", 1))
 
 
 def exit_code(counts):

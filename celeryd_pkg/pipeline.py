@@ -16,14 +16,13 @@ from collections import OrderedDict, deque
 
 from celeryd_pkg.batch import Outcome
 from celeryd_pkg.errors import CelerydError
-from celeryd_pkg.protocol import REPLY_TO, build_message
+from celeryd_pkg.protocol import READY_STATES, REPLY_TO, build_message
 
 __all__ = ["Pipeline", "WINDOW", "MAX_PENDING"]
 
 WINDOW = 1000  # messages published and not yet confirmed
 MAX_PENDING = 10000  # tasks published whose outcome is not known yet: bounds memory
 DRAIN_EVERY = 64  # publishes between two non-blocking reads of acks and results
-READY_STATES = {"SUCCESS", "FAILURE", "REVOKED"}
 
 
 class _Entry:
@@ -91,9 +90,6 @@ class Pipeline:
         tasks = iter(tasks)
         published = 0
         for index, task in tasks:
-            if self.error is not None:
-                yield self._not_sent(index)
-                break
             while self.error is None and (len(self._by_tag) >= self.window
                                           or len(self._pending) >= self.max_pending):
                 self._read(blocking=True)

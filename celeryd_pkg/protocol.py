@@ -4,12 +4,14 @@ import json
 import os
 import socket
 
-__all__ = ["NAMESPACE", "REPLY_TO", "build_message"]
+__all__ = ["NAMESPACE", "REPLY_TO", "READY_STATES", "build_message"]
 
 # Built-in tasks are registered as NAMESPACE + name; celery-submit resolves a bare "add" so.
 NAMESPACE = "celeryd."
 # RabbitMQ's direct reply-to: results come back without a reply queue to declare.
 REPLY_TO = "amq.rabbitmq.reply-to"
+# A reply in one of these states is the task's last: its result.
+READY_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
 # Celery's own cap on the argsrepr/kwargsrepr headers (celery.app.amqp, saferepr(..., 1024)).
 DISPLAY_LIMIT = 1024
 # The body's last part, the same for every task celeryd sends (no canvas).

@@ -11,11 +11,10 @@ import uuid
 from celeryd_pkg.errors import (
     CelerydError, ResultTimeout, TaskFailed, UsageError, report,
 )
-from celeryd_pkg.protocol import REPLY_TO, build_message
+from celeryd_pkg.protocol import READY_STATES, REPLY_TO, build_message
 
 __all__ = ["main", "parse_args", "parse_value", "task_name", "build_message"]
 
-READY_STATES = {"SUCCESS", "FAILURE", "REVOKED"}
 
 
 class Parser(argparse.ArgumentParser):
