@@ -83,13 +83,19 @@ SCHEMA = {
         "concurrency": Key(int, 2, "Number of prefork child processes.", minimum=1),
         "queues": Key(list, ["celery"], "Queues this worker consumes from."),
         "prefetch_multiplier": Key(
-            int, 1, "Messages reserved per child; 1 is safest with late acks.", minimum=1
+            int, 4, "Messages reserved per child, as in Celery (late acks: a reserved message is "
+            "never lost). Set 1 for tasks that run for minutes, so an idle host can take them.",
+            minimum=1,
         ),
         "name": Key(
             str, None, "Node name (default celery@HOSTNAME, or NAME@HOSTNAME for an instance).",
             optional=True,
         ),
         "loglevel": Key(str, "info", "Log level: debug, info, warning, error or critical."),
+        "log_tasks": Key(
+            bool, True, "Log each task received and succeeded at info (Celery's lines); false "
+            "drains about 10 % faster. Failures are logged either way.",
+        ),
         "broker_lost_grace": Key(
             int, 300,
             "Seconds without a broker after which watchdog pings stop, so systemd restarts us.",

@@ -76,9 +76,18 @@ def main(argv=None):
         without_gossip=True,
         without_heartbeat=True,
     )
+    if not config.worker.log_tasks:
+        _quiet_task_lines()
     monitor.start_pinger()
     worker.start()
     return worker.exitcode
+
+
+def _quiet_task_lines():
+    """Drop Celery's per-task info lines: "received" (worker.strategy, main process) and
+    "succeeded"/"retry" (app.trace, inherited by the pool's children). Errors stay."""
+    for name in ("celery.worker.strategy", "celery.app.trace"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _refuse_bad_login(config):

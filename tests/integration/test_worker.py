@@ -143,6 +143,30 @@ def test_operator_task_modules_are_served(tmp_path, rabbitmq, account, start_wor
     assert submit(config, "shop.total", "[1, 2]").stdout == "6\n"
 
 
+@pytest.mark.parametrize("log_tasks", [True, False])
+def test_log_tasks_switches_the_per_task_lines_and_failures_are_logged_either_way(
+        tmp_path, rabbitmq, account, start_worker, log_tasks):
+    config = write_config(tmp_path / "etc", rabbitmq, account,
+                          f"worker:\n  log_tasks: {str(log_tasks).lower()}\n")
+    worker = start_worker(config)
+    done = submit(config, "add", "4", "4", "--json")
+    assert done.returncode == 0, done.stderr
+    done_id = json.loads(done.stdout)["id"]
+    failed = submit(config, "xsum", '["a", 1]', "--json")
+    assert failed.returncode == 1, failed.stderr
+    failed_id = json.loads(failed.stdout)["id"]
+    failure = f"Task celeryd.xsum[{failed_id}] raised unexpected"
+    lines = [f"Task celeryd.add[{done_id}] received", f"Task celeryd.add[{done_id}] succeeded"]
+    # A child writes its line just after sending the result: wait for the lines expected.
+    expected = [failure, *lines] if log_tasks else [failure]
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not all(line in worker.output() for line in expected):
+        time.sleep(0.1)
+    log = worker.output()
+    assert failure in log, log
+    assert [line in log for line in lines] == [log_tasks, log_tasks], log
+
+
 def test_stock_celery_tools_work_with_the_same_config(config_file, start_worker):
     start_worker(config_file)
     result = subprocess.run(
