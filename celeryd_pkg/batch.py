@@ -6,13 +6,14 @@ or Celery signatures. Both publish through pipeline.Pipeline and report one Outc
 """
 
 import json
+import sys
 from collections import namedtuple
 
 from celeryd_pkg.errors import UsageError
 from celeryd_pkg.protocol import NAMESPACE
 
 __all__ = ["Task", "Outcome", "NOT_STORED", "parse_line", "to_task", "task_name",
-           "BatchInput", "exit_code", "summary"]
+           "BatchInput", "exit_code", "summary", "run"]
 
 Task = namedtuple("Task", "name args kwargs queue countdown")
 # index: the line number (celery-submit) or the position in the iterable (submit_many).
@@ -181,3 +182,46 @@ def summary(counts):
     total = sum(counts.values())
     parts = [f"{counts[state]} {_WORDS[state]}" for state in _WORDS if counts.get(state)]
     return f"{total} lines: " + ", ".join(parts)
+
+
+def run(config, args):
+    """celery-submit --batch: send every line of args.batch through one pipelined connection;
+    print an outcome line per task (or, with --no-wait, the ids in input order). Return the
+    exit code."""
+    from celeryd_pkg.errors import AccessRefused
+    from celeryd_pkg.pipeline import WINDOW, Pipeline
+
+    source = BatchInput(args.batch, args.queue or config.client.queue)
+    pipeline = Pipeline(config, wait=not args.no_wait, timeout=args.timeout,
+                        window=args.window or WINDOW)
+    counts = {}
+    try:
+        source.check()  # every line, before anything is sent
+        if source.count:
+            pipeline.check_queues(source.queues)
+            for outcome in pipeline.run(source.tasks()):
+                counts[outcome.state] = counts.get(outcome.state, 0) + 1
+                _print_outcome(outcome, args.no_wait)
+    finally:
+        source.close()
+        pipeline.close()
+    code = exit_code(counts)
+    if isinstance(pipeline.error, AccessRefused):
+        code = pipeline.error.exit_code
+    if code:
+        print(f"celery-submit: {summary(counts)}", file=sys.stderr)
+    return code
+
+
+def _print_outcome(outcome, no_wait):
+    if not no_wait:
+        line = {"line": outcome.index, "id": outcome.id, "state": outcome.state,
+                "result": outcome.result}
+        if outcome.error:
+            line["error"] = outcome.error
+        print(json.dumps(line, sort_keys=True), flush=True)
+    elif outcome.state == "SENT":
+        print(outcome.id, flush=True)
+    else:
+        print(f"celery-submit: line {outcome.index}: {outcome.state}: {outcome.error}",
+              file=sys.stderr, flush=True)

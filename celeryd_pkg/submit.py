@@ -16,7 +16,6 @@ from celeryd_pkg.protocol import READY_STATES, REPLY_TO, build_message
 __all__ = ["main", "parse_args", "parse_value", "task_name", "build_message"]
 
 
-
 class Parser(argparse.ArgumentParser):
     def __init__(self, **options):
         super().__init__(formatter_class=Formatter, **options)
@@ -206,49 +205,6 @@ def failure_message(task, outcome):
     return f"celery-submit: task {task} [{outcome['id']}] raised {exc_type}: {message}"
 
 
-def submit_batch(config, args):
-    """Send every line of args.batch through one pipelined connection; print an outcome line
-    per task (or, with --no-wait, the ids in input order). Return the exit code."""
-    from celeryd_pkg import batch
-    from celeryd_pkg.errors import AccessRefused
-    from celeryd_pkg.pipeline import WINDOW, Pipeline
-
-    source = batch.BatchInput(args.batch, args.queue or config.client.queue)
-    pipeline = Pipeline(config, wait=not args.no_wait, timeout=args.timeout,
-                        window=args.window or WINDOW)
-    counts = {}
-    try:
-        source.check()  # every line, before anything is sent
-        if source.count:
-            pipeline.check_queues(source.queues)
-            for outcome in pipeline.run(source.tasks()):
-                counts[outcome.state] = counts.get(outcome.state, 0) + 1
-                _print_outcome(outcome, args.no_wait)
-    finally:
-        source.close()
-        pipeline.close()
-    code = batch.exit_code(counts)
-    if isinstance(pipeline.error, AccessRefused):
-        code = pipeline.error.exit_code
-    if code:
-        print(f"celery-submit: {batch.summary(counts)}", file=sys.stderr)
-    return code
-
-
-def _print_outcome(outcome, no_wait):
-    if not no_wait:
-        line = {"line": outcome.index, "id": outcome.id, "state": outcome.state,
-                "result": outcome.result}
-        if outcome.error:
-            line["error"] = outcome.error
-        print(json.dumps(line, sort_keys=True), flush=True)
-    elif outcome.state == "SENT":
-        print(outcome.id, flush=True)
-    else:
-        print(f"celery-submit: line {outcome.index}: {outcome.state}: {outcome.error}",
-              file=sys.stderr, flush=True)
-
-
 def main(argv=None):
     """Run celery-submit on argv and return its exit code; as the program (argv None), exit."""
     if argv is None:
@@ -277,7 +233,9 @@ def _main(argv):
         if warning:
             print(warning, file=sys.stderr)
         if args.batch is not None:
-            return submit_batch(settings, args)
+            from celeryd_pkg import batch
+
+            return batch.run(settings, args)
         outcome = submit(settings, args)
         if args.no_wait and not args.json:
             print(outcome["id"])
