@@ -21,7 +21,7 @@ sys.path.insert(0, str(REPO))
 from tests.integration.broker import RabbitMQ  # noqa: E402
 from tests.integration.conftest import WorkerProcess, clean_env, write_config  # noqa: E402
 from tests.bench.throughput import (  # noqa: E402
-    ENTRY_POINT, RUNS as THROUGHPUT_RUNS, CelerydWorker, Row, scaling_rows, throughput_rows)
+    ENTRY_POINT, RUNS as THROUGHPUT_RUNS, celeryd_worker, Row, scaling_rows, throughput_rows)
 
 PYTHON = "/usr/bin/python3"
 # Runs of the cold rows; the throughput rows always take THROUGHPUT_RUNS (each is seconds long).
@@ -177,7 +177,7 @@ def main():
         (app_dir / "seedapp.py").write_text(SEED_APP.format(url=url))
         env = clean_env()
         rows = worker_rows(config, app_dir, env, tmp)
-        worker = CelerydWorker(config, tmp)
+        worker = celeryd_worker(config, tmp)
         try:
             rows = submit_rows(config, seed_client, env) + rows
         finally:

@@ -13,13 +13,12 @@ import json
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from collections import namedtuple
 
 from tests.integration.conftest import REPO, WorkerProcess, clean_env, write_config
 
-__all__ = ["Row", "CelerydWorker", "throughput_rows", "scaling_rows"]
+__all__ = ["Row", "celeryd_worker", "throughput_rows", "scaling_rows"]
 
 PYTHON = "/usr/bin/python3"
 RUNS = 3  # whole runs per measure; BENCH_RUNS scales the cold rows only
@@ -125,36 +124,15 @@ class StockWorker:
         self.log.close()
 
 
-class CelerydWorker:
-    """A WorkerProcess, READY, whose notifications are read as systemd reads them: its socket
-    holds only net.unix.max_dgram_qlen datagrams (10 by default), and each STATUS= sent to a
-    full one waits in the worker's event loop (notify.SEND_TIMEOUT) and slows every row."""
-
-    def __init__(self, config, tmp, concurrency=2):
-        self.process = WorkerProcess(config, tmp, "-c", str(concurrency))
-        self.stopping = threading.Event()
-        self.reader = None
-        try:
-            self.process.wait_for("READY=1")
-        except BaseException:
-            self.process.close()
-            raise
-        self.process.sock.settimeout(0.2)
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self):
-        while not self.stopping.is_set():
-            try:
-                self.process.sock.recv(65536)
-            except OSError:  # the timeout: check whether to stop
-                pass
-
-    def close(self):
-        self.stopping.set()
-        if self.reader is not None:
-            self.reader.join()
-        self.process.close()
+def celeryd_worker(config, tmp, concurrency=2):
+    """A celeryd WorkerProcess, READY (it reads its notify socket as systemd does)."""
+    process = WorkerProcess(config, tmp, "-c", str(concurrency))
+    try:
+        process.wait_for("READY=1")
+    except BaseException:
+        process.close()
+        raise
+    return process
 
 
 class Bench:
@@ -242,7 +220,7 @@ def throughput_rows(node, tmp):
     """Batch CLI and submit_many against stock Celery A (defaults) and B (reliable), worker
     concurrency 2, no-op `celeryd.add` tasks; return Rows."""
     bench = Bench(node, tmp, "throughput")
-    ours = CelerydWorker(bench.config, bench.tmp)
+    ours = celeryd_worker(bench.config, bench.tmp)
     stock_a = stock_b = None
     try:
         stock_a = StockWorker(bench, 2, False)
@@ -272,7 +250,7 @@ def scaling_rows(node, tmp):
     bench = Bench(node, tmp, "scaling")
     rows = []
     for concurrency in CONCURRENCIES:
-        ours = CelerydWorker(bench.config, bench.tmp, concurrency)
+        ours = celeryd_worker(bench.config, bench.tmp, concurrency)
         stock = None
         try:
             stock = StockWorker(bench, concurrency, False)

@@ -5,11 +5,8 @@ celeryd-admin dead lists, requeues and purges it."""
 import json
 import re
 import secrets
-import socket
 import subprocess
-import threading
 import time
-from contextlib import contextmanager
 
 import amqp
 import pytest
@@ -83,29 +80,6 @@ def wait_until(predicate, timeout, what):
     raise AssertionError(f"not within {timeout}s: {what}")
 
 
-@contextmanager
-def systemd_reading(worker):
-    """Read the worker's notify datagrams as systemd does, for as long as the block runs: the
-    test's socket holds only a few, and a full one would block the worker's STATUS= updates."""
-    done = threading.Event()
-
-    def drain():
-        worker.sock.settimeout(0.2)
-        while not done.is_set():
-            try:
-                worker.sock.recv(65536)
-            except socket.timeout:
-                pass
-
-    reader = threading.Thread(target=drain, daemon=True)
-    reader.start()
-    try:
-        yield
-    finally:
-        done.set()
-        reader.join()
-
-
 def test_the_dead_queue_is_empty_before_any_task_died(deployment):
     config, _ = deployment
     # celeryd.dead is not declared yet in this vhost: nothing to list, not an error.
@@ -119,8 +93,7 @@ def test_a_poison_task_is_delivered_max_times_then_dead_listed_requeued_and_run_
         deployment, start_worker):
     config, state = deployment
     worker = start_worker(config)
-    with systemd_reading(worker):
-        check_poison_task(config, state, worker)
+    check_poison_task(config, state, worker)
 
 
 def check_poison_task(config, state, worker):
