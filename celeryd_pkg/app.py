@@ -25,13 +25,17 @@ def node_name(config, instance=None):
     return config.worker.name or f"{instance or 'celery'}@{socket.gethostname()}"
 
 
-def make_app(config):
-    """Given a Config, return the worker's Celery app: the control app's settings, the built-in
-    tasks and the operator's task modules. Raise ConfigError if a task module cannot be
-    imported."""
-    from celeryd_pkg import poison, tasks
+def make_app(config, instance=None):
+    """Given a Config (and the worker's --instance), return the worker's Celery app: the
+    control app's settings, the built-in tasks, the operator's task modules, the task counts
+    and the celeryd_status command. Raise ConfigError if a task module cannot be imported."""
+    from celeryd_pkg import panel, poison, tally, tasks
 
+    # First: the counts' directory must be set before any task module imports
+    # prometheus_client. Signals count every task, whatever its base class.
+    tally.install(config)
     app = make_control_app(config)
+    panel.install(app, config, instance)
     tasks.register(app)
     _import_task_modules(config)
     # Last, so that every task is covered, whatever its base class: a task whose child dies

@@ -6,7 +6,7 @@ import time
 from celery import bootsteps
 from celery.worker import state
 
-__all__ = ["Monitor", "Readiness"]
+__all__ = ["Monitor", "Readiness", "consumed_queues"]
 
 # How often the event loop proves it is alive, and STATUS= is refreshed, at most.
 TICK_SECONDS = 1.0
@@ -74,10 +74,7 @@ class Monitor:
 
     def consumed_queues(self):
         """The queues really consumed now: fewer than configured after a drain."""
-        task_consumer = getattr(self.consumer, "task_consumer", None)
-        if task_consumer is None:
-            return list(self.config.worker.queues)
-        return [queue.name for queue in task_consumer.queues]
+        return consumed_queues(self.consumer, self.config.worker.queues)
 
     # -- the watchdog --
     def healthy(self):
@@ -102,6 +99,14 @@ class Monitor:
 
         self._pinger = threading.Thread(target=run, name="celeryd-watchdog", daemon=True)
         self._pinger.start()
+
+
+def consumed_queues(consumer, configured):
+    """The queues Celery's consumer takes tasks from now (configured until it has started)."""
+    task_consumer = getattr(consumer, "task_consumer", None)
+    if task_consumer is None:
+        return list(configured)
+    return [queue.name for queue in task_consumer.queues]
 
 
 class Readiness(bootsteps.StartStopStep):

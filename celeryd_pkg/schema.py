@@ -44,6 +44,29 @@ def check_absolute(value):
     return None if value.startswith("/") else f"{value!r} is not an absolute path"
 
 
+def split_listen(value):
+    """Given HOST:PORT ([::1]:PORT for IPv6), return (host, port); raise ValueError."""
+    host, colon, port = value.rpartition(":")
+    bracketed = host.startswith("[") and host.endswith("]")
+    if bracketed:
+        host = host[1:-1]
+    elif ":" in host:  # an IPv6 address needs its brackets: [::1]:9808
+        raise ValueError(value)
+    if not colon or not host.strip() or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(value)
+    return host, int(port)
+
+
+def check_listen(value):
+    """A metrics.listen value: HOST:PORT."""
+    try:
+        split_listen(value)
+    except ValueError:
+        return (f"{value!r} is not HOST:PORT, e.g. 127.0.0.1:9808, 0.0.0.0:9808 or "
+                f"[::1]:9808 (port 1-65535)")
+    return None
+
+
 SCHEMA = {
     "broker": {
         "host": Key(str, "localhost", "RabbitMQ host name or address."),
@@ -141,6 +164,15 @@ SCHEMA = {
     "client": {
         "timeout": Key(int, 30, "Seconds celery-submit waits for a result.", minimum=0),
         "queue": Key(str, "celery", "Queue celery-submit sends to by default."),
+    },
+    "metrics": {
+        "enabled": Key(bool, False, "Serve Prometheus metrics (celery-exporter's names) at "
+                       "http://LISTEN/metrics from each worker."),
+        "listen": Key(
+            str, "127.0.0.1:9808", "HOST:PORT the metrics are served on; a second worker on "
+            "the host (celery-worker@NAME) needs its own port, a remote Prometheus's address "
+            "goes in worker.outbound.", check=check_listen,
+        ),
     },
 }
 

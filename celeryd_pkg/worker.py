@@ -44,6 +44,10 @@ def load_config(args):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    # Before anything imports prometheus_client: the pool's task counts live there.
+    from celeryd_pkg import tally
+
+    tally.prepare_directory()
     try:
         config = load_config(args)
         warning = config.plain_remote_warning()
@@ -54,7 +58,7 @@ def main(argv=None):
         virtualenv.activate(config, warn=lambda line: print(line, file=sys.stderr, flush=True))
         from celeryd_pkg.app import make_app, node_name
 
-        app = make_app(config)
+        app = make_app(config, args.instance)
     except CelerydError as error:
         # One line in the journal, then a distinct exit code: never run on defaults.
         return report(error, "celeryd")
@@ -78,6 +82,11 @@ def main(argv=None):
     )
     if not config.worker.log_tasks:
         _quiet_task_lines()
+    if config.metrics.enabled:
+        from celeryd_pkg import metrics
+
+        # After the Worker set up logging, before the pool forks its children.
+        metrics.serve(config, monitor)
     monitor.start_pinger()
     worker.start()
     return worker.exitcode

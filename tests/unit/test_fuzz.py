@@ -137,7 +137,8 @@ def test_celery_submit_as_a_process_prints_no_traceback(etc, argv, code):
 KEYS = ["broker", "worker", "tasks", "results", "client", "host", "port", "vhost", "user",
         "password", "connect_timeout", "heartbeat", "concurrency", "queues",
         "prefetch_multiplier", "name", "loglevel", "log_tasks", "broker_lost_grace", "modules",
-        "pythonpath", "time_limit", "expires", "timeout", "queue", "bogus", "1", "null"]
+        "pythonpath", "time_limit", "expires", "timeout", "queue", "metrics", "enabled",
+        "listen", "bogus", "1", "null"]
 SCALAR = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=10),
                    st.dates(), st.sampled_from(KEYS))
 VALUE = st.recursive(SCALAR, lambda inner: st.lists(inner, max_size=3)

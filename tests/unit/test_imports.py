@@ -9,7 +9,8 @@ ROOT = Path(__file__).resolve().parents[2] / PACKAGE
 # the shared settings and broker modules, never worker code.
 CLIENT_MODULES = ("submit", "client")
 # Worker-side modules; a name also covers everything under it (the admin package).
-WORKER_MODULES = ("app", "worker", "tasks", "monitor", "notify", "admin", "poison")
+WORKER_MODULES = ("app", "worker", "tasks", "monitor", "notify", "admin", "poison", "tally",
+                  "panel", "metrics")
 # The config layer may import only itself.
 CONFIG_MODULES = ("config", "validate", "schema", "errors", "files", "account")
 

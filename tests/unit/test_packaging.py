@@ -50,7 +50,9 @@ HARDENING = {
 
 # design.md, "Packages": binary package -> what its Depends must name (besides substvars).
 DESIGN_DEPENDS = {
-    "python3-celeryd-pkg": {"python3-celery", "python3-kombu", "python3-sdnotify", "python3-yaml"},
+    # Plus python3-prometheus-client: issue 16 (metrics, the counts of celeryd-admin status).
+    "python3-celeryd-pkg": {"python3-celery", "python3-kombu", "python3-prometheus-client",
+                            "python3-sdnotify", "python3-yaml"},
     "celeryd": {"python3-celeryd-pkg"},
     "celery-submit": {"python3-celeryd-pkg"},
 }
