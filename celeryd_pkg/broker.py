@@ -6,12 +6,18 @@ third of the start-up time and memory.
 
 import re
 import socket
+from collections import namedtuple
 
 from celeryd_pkg.errors import (
     AccessRefused, BrokerUnreachable, LoginRefused, TlsFailed, VhostRefused,
 )
 
-__all__ = ["connect", "close", "translate", "missing_queue", "ssl_options"]
+__all__ = ["connect", "close", "translate", "missing_queue", "ssl_options", "queue_depths",
+           "QueueDepth"]
+
+# What the broker tells of a queue: messages ready for delivery (not those delivered and
+# still unacked) and the consumers subscribed to it now.
+QueueDepth = namedtuple("QueueDepth", "ready consumers")
 
 
 def ssl_options(broker):
@@ -57,6 +63,31 @@ def close(connection):
         connection.collect() if connection.transport is None else connection.close()
     except Exception:  # noqa: BLE001 - closing is best effort
         connection.collect()
+
+
+def queue_depths(connection, names):
+    """Given a connected amqp.Connection and queue names, return {name: QueueDepth} in the
+    order given, None for a queue that does not exist. Uses a passive queue.declare, which
+    creates nothing and needs no permission beyond the vhost (a submit-only account may ask).
+    Other broker errors propagate: translate() them."""
+    import amqp
+
+    depths = {}
+    channel = connection.channel()
+    try:
+        for name in names:
+            try:
+                declared = channel.queue_declare(name, passive=True)
+            except amqp.exceptions.NotFound:
+                depths[name] = None
+                # The broker closes a channel whose passive declare failed.
+                channel = connection.channel()
+                continue
+            depths[name] = QueueDepth(declared.message_count, declared.consumer_count)
+    finally:
+        if channel.is_open:
+            channel.close()
+    return depths
 
 
 def translate(error, config, vhost=None):

@@ -39,10 +39,10 @@ def defer_option(parser):
 
 def commands():
     """Return every Command, in the order --help lists them."""
-    from celeryd_pkg.admin import check, control, dead, join, provision, tls
+    from celeryd_pkg.admin import check, control, dead, join, provision, status, tls
 
     return (*provision.COMMANDS, *tls.COMMANDS, *join.COMMANDS, *control.COMMANDS,
-            *check.COMMANDS, *dead.COMMANDS)
+            *check.COMMANDS, *status.COMMANDS, *dead.COMMANDS)
 
 
 def parse_args(argv):
@@ -51,7 +51,8 @@ def parse_args(argv):
     parser = Parser(
         prog="celeryd-admin",
         description="Provision, join and check the broker account of the celeryd workers.",
-        epilog="Exit codes: 0 success, 1 no live workers or rabbitmqctl failed, 2 bad "
+        epilog="Exit codes: 0 success, 1 no live workers, status DEGRADED or rabbitmqctl "
+               "failed, 2 bad "
                "arguments, 3 bad config or missing group, 4 broker unreachable, 5 broker "
                "refused access.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -10,6 +10,7 @@ import subprocess
 import threading
 
 import amqp
+import amqp.protocol
 import pytest
 
 from celeryd_pkg import broker as module
@@ -254,3 +255,65 @@ def test_a_publish_to_a_queue_nobody_declared_names_the_queue_and_the_fix(tmp_pa
     assert isinstance(translated, BrokerUnreachable)
     assert translated.message.startswith("no queue 'reports' on amqp://")
     assert "no worker has consumed from it yet" in translated.message
+
+
+# --- queue_depths -----------------------------------------------------------------------------
+
+class DeclaringConnection:
+    """Answers passive declares from {queue: (ready, consumers)}; as RabbitMQ does, a declare
+    of a missing queue raises NotFound and closes its channel, which then refuses more."""
+
+    def __init__(self, queues):
+        self.queues = queues
+        self.channels = []
+
+    def channel(self):
+        channel = DeclaringChannel(self.queues)
+        self.channels.append(channel)
+        return channel
+
+
+class DeclaringChannel:
+    def __init__(self, queues):
+        self.queues = queues
+        self.is_open = True
+        self.declared = []
+
+    def queue_declare(self, name, passive=False):
+        assert passive and self.is_open
+        self.declared.append(name)
+        if name not in self.queues:
+            self.is_open = False
+            raise amqp.exceptions.NotFound(reply_text=f"NOT_FOUND - no queue '{name}'")
+        ready, consumers = self.queues[name]
+        return amqp.protocol.queue_declare_ok_t(name, ready, consumers)
+
+    def close(self):
+        self.is_open = False
+
+
+def test_queue_depths_are_ready_and_consumers_in_order_none_for_a_missing_queue():
+    connection = DeclaringConnection({"celery": (5, 2), "jobs": (0, 1)})
+    depths = module.queue_depths(connection, ["gone", "celery", "lost", "jobs"])
+    assert list(depths.items()) == [("gone", None), ("celery", (5, 2)), ("lost", None),
+                                    ("jobs", module.QueueDepth(ready=0, consumers=1))]
+    # A fresh channel after each missing queue, and every channel closed at the end.
+    assert [channel.declared for channel in connection.channels] == [
+        ["gone"], ["celery", "lost"], ["jobs"]]
+    assert not any(channel.is_open for channel in connection.channels)
+
+
+def test_queue_depths_let_other_broker_errors_through_and_close_the_channel():
+    connection = DeclaringConnection({})
+    connection.channel = lambda: connection.channels.append(Refusing()) or connection.channels[-1]
+    with pytest.raises(amqp.exceptions.AccessRefused):
+        module.queue_depths(connection, ["celery"])
+    assert not connection.channels[0].is_open
+
+
+class Refusing(DeclaringChannel):
+    def __init__(self):
+        super().__init__({})
+
+    def queue_declare(self, name, passive=False):
+        raise amqp.exceptions.AccessRefused(reply_text="ACCESS_REFUSED")
