@@ -232,6 +232,29 @@ def test_a_named_instance_serves_its_own_queue_from_its_overlay(hosts):
     assert outcome["id"] not in worker_log(worker_b)  # the default worker did not run it
 
 
+def test_status_on_a_worker_host_shows_the_fleet_and_names_a_stopped_worker(hosts):
+    worker_a, worker_b = hosts["worker-a"], hosts["worker-b"]
+    worker_a.run(["systemctl", "start", "celery-worker"], timeout=180)
+    shown = admin(worker_b, "status")
+    print(f"\nceleryd-admin status on worker-b ({worker_b.suite}):\n{shown.stdout}")
+    fleet = json.loads(admin(worker_b, "status", "--json").stdout)
+    nodes = {node["node"]: node for node in fleet["nodes"]}
+    assert set(nodes) == {"celery@worker-a", "celery@worker-b", "reports@worker-b"}, nodes
+    assert {node["state"] for node in nodes.values()} == {"up"}
+    assert nodes["reports@worker-b"]["instance"] == "reports"
+    assert nodes["celery@worker-b"]["succeeded"] >= 1  # the tasks of the steps before
+    queues = {queue["name"]: queue for queue in fleet["queues"]}
+    assert queues["celery"]["consumers"] == 2 and queues["reports"]["consumers"] == 1, queues
+    assert fleet["verdict"] == "OK", fleet
+
+    worker_a.run(["systemctl", "stop", "celery-worker"], timeout=660)
+    stopped = worker_b.run(["celeryd-admin", "status"], check=False, timeout=120)
+    print(stopped.stdout)
+    assert stopped.returncode == 1, stopped.stdout + stopped.stderr
+    verdict = stopped.stdout.splitlines()[-1]
+    assert verdict.startswith("DEGRADED") and "celery@worker-a" in verdict, verdict
+
+
 def test_purge_on_a_worker_host_takes_its_join_with_it(hosts):
     worker_a = hosts["worker-a"]
     worker_a.run(["apt-get", "purge", "-y", "-q", "celeryd"], timeout=600)
