@@ -239,10 +239,11 @@ def test_status_on_a_worker_host_shows_the_fleet_and_names_a_stopped_worker(host
     print(f"\nceleryd-admin status on worker-b ({worker_b.suite}):\n{shown.stdout}")
     fleet = json.loads(admin(worker_b, "status", "--json").stdout)
     nodes = {node["node"]: node for node in fleet["nodes"]}
-    assert set(nodes) == {"celery@worker-a", "celery@worker-b", "reports@worker-b"}, nodes
+    a, b = (machine.run(["hostname"]).stdout.strip() for machine in (worker_a, worker_b))
+    assert set(nodes) == {f"celery@{a}", f"celery@{b}", f"reports@{b}"}, nodes
     assert {node["state"] for node in nodes.values()} == {"up"}
-    assert nodes["reports@worker-b"]["instance"] == "reports"
-    assert nodes["celery@worker-b"]["succeeded"] >= 1  # the tasks of the steps before
+    assert nodes[f"reports@{b}"]["instance"] == "reports"
+    assert nodes[f"celery@{b}"]["succeeded"] >= 1  # the tasks of the steps before
     queues = {queue["name"]: queue for queue in fleet["queues"]}
     assert queues["celery"]["consumers"] == 2 and queues["reports"]["consumers"] == 1, queues
     assert fleet["verdict"] == "OK", fleet
@@ -252,7 +253,7 @@ def test_status_on_a_worker_host_shows_the_fleet_and_names_a_stopped_worker(host
     print(stopped.stdout)
     assert stopped.returncode == 1, stopped.stdout + stopped.stderr
     verdict = stopped.stdout.splitlines()[-1]
-    assert verdict.startswith("DEGRADED") and "celery@worker-a" in verdict, verdict
+    assert verdict.startswith("DEGRADED") and f"celery@{a}" in verdict, verdict
 
 
 def test_purge_on_a_worker_host_takes_its_join_with_it(hosts):
