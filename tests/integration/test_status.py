@@ -12,6 +12,7 @@ import types
 import amqp
 import pytest
 
+import celeryd_pkg
 from celeryd_pkg import broker, config
 from celeryd_pkg.admin import fleet
 from tests.integration.broker import free_port
@@ -109,7 +110,7 @@ def test_two_named_workers_answer_with_their_counts_and_every_documented_key(
         assert set(fleet.REPLY_KEYS) | {"state", "last_seen"} <= set(node)
         assert (node["state"], node["concurrency"], node["queues"], node["draining"]) == (
             "up", 1, ["celery"], False)
-        assert node["version"] == "0.5.0" and node["uptime"] >= 0
+        assert node["version"] == celeryd_pkg.__version__ and node["uptime"] >= 0
         assert node["last_seen"] == report["time"] and report["time"].endswith("+00:00")
     assert nodes(report)["alpha@fleet"]["pid"] == alpha.proc.pid
     up = report["nodes"]
