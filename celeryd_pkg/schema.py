@@ -106,9 +106,8 @@ SCHEMA = {
         "concurrency": Key(int, 2, "Number of prefork child processes.", minimum=1),
         "queues": Key(list, ["celery"], "Queues this worker consumes from."),
         "prefetch_multiplier": Key(
-            int, 4, "Messages reserved per child, as in Celery (late acks: a reserved message is "
-            "never lost). Set 1 for tasks that run for minutes, so an idle host can take them.",
-            minimum=1,
+            int, 1, "Messages reserved per child; 1 is safest with late acks (more drains faster, "
+            "but a broker restart may run a reserved task twice).", minimum=1,
         ),
         "name": Key(
             str, None, "Node name (default celery@HOSTNAME, or NAME@HOSTNAME for an instance).",
