@@ -287,7 +287,9 @@ def test_tasks_a_task_publishes_count_as_sent_and_custom_base_classes_count(
 
 def test_held_counts_running_and_reserved_messages_by_queue(
         tmp_path, rabbitmq, own_account, start_worker):
-    config_file, _ = metrics_config(tmp_path, rabbitmq, own_account)
+    # Prefetch 2: each child may reserve a second message beside the one it runs.
+    config_file, _ = metrics_config(tmp_path, rabbitmq, own_account,
+                                    extra="worker:\n  prefetch_multiplier: 2\n")
     start_worker(config_file)
     for _ in range(3):
         assert submit(config_file, "sleep", "3", "--no-wait").returncode == 0
