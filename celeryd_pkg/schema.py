@@ -118,6 +118,10 @@ SCHEMA = {
             bool, True, "Log each task received and succeeded at info (Celery's lines); false "
             "drains about 10 % faster. Failures are logged either way.",
         ),
+        "send_events": Key(
+            bool, False, "Send Celery's task events and worker heartbeats, for Flower and "
+            "`celery events`; they cost throughput (measured by make bench).",
+        ),
         "broker_lost_grace": Key(
             int, 300,
             "Seconds without a broker after which watchdog pings stop, so systemd restarts us.",

@@ -51,7 +51,9 @@ def celery_settings(config):
         worker_prefetch_multiplier=config.worker.prefetch_multiplier,
         worker_concurrency=config.worker.concurrency,
         worker_max_memory_per_child=config.worker.max_memory_per_child,
-        worker_send_task_events=False,
+        # Task events (task-received/started/succeeded/failed, for Flower and `celery events`)
+        # cost a publish each; worker.py turns worker heartbeats on with them.
+        worker_send_task_events=config.worker.send_events,
         worker_hijack_root_logger=True,
         worker_redirect_stdouts=True,
         enable_utc=True,

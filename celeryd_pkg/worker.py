@@ -59,6 +59,10 @@ def main(argv=None):
         from celeryd_pkg.app import make_app, node_name
 
         app = make_app(config, args.instance)
+        if config.worker.send_events:
+            # Tasks this worker publishes (a chain's next step, a retry) send task-sent too.
+            # Only in the worker: a client-role account may not publish to the event exchange.
+            app.conf.task_send_sent_event = True
     except CelerydError as error:
         # One line in the journal, then a distinct exit code: never run on defaults.
         return report(error, "celeryd")
@@ -74,11 +78,14 @@ def main(argv=None):
         concurrency=config.worker.concurrency,
         queues=list(config.worker.queues),
         loglevel=config.worker.loglevel.upper(),
-        # Mingle waits a second for replies nobody sends; gossip and heartbeat events are
-        # for monitors we don't run: all three only delay READY=1.
+        # Mingle waits a second for replies nobody sends and gossip is for workers watching
+        # each other: both only delay READY=1. Heartbeat events go with worker.send_events
+        # (Flower shows a worker without them offline); with neither, Celery's event
+        # dispatcher stays disabled, so a remote enable_events (Flower sends one every 5 s)
+        # cannot turn task events on behind the config's back.
         without_mingle=True,
         without_gossip=True,
-        without_heartbeat=True,
+        without_heartbeat=not config.worker.send_events,
     )
     if not config.worker.log_tasks:
         _quiet_task_lines()
