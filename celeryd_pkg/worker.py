@@ -63,6 +63,7 @@ def main(argv=None):
             # Tasks this worker publishes (a chain's next step, a retry) send task-sent too.
             # Only in the worker: a client-role account may not publish to the event exchange.
             app.conf.task_send_sent_event = True
+            _unconfirmed_events(app)
     except CelerydError as error:
         # One line in the journal, then a distinct exit code: never run on defaults.
         return report(error, "celeryd")
@@ -87,6 +88,7 @@ def main(argv=None):
         without_gossip=True,
         without_heartbeat=not config.worker.send_events,
     )
+    _answer_event_commands()
     if not config.worker.log_tasks:
         _quiet_task_lines()
     if config.metrics.enabled:
@@ -97,6 +99,44 @@ def main(argv=None):
     monitor.start_pinger()
     worker.start()
     return worker.exitcode
+
+
+def _unconfirmed_events(app):
+    """Have the worker's event dispatcher publish without broker confirms: each confirm is a
+    round trip in the worker's event loop, three per task, and an event lost in a broker
+    crash costs a monitor one line, never a task."""
+    from celery.events.dispatcher import EventDispatcher
+
+    class Dispatcher(EventDispatcher):
+        def __init__(self, connection=None, hostname=None, enabled=True, channel=None,
+                     *args, **kwargs):
+            # The consumer's Events step hands over a connection of its own (a producer
+            # pool's channel comes with one; left as it is).
+            if connection is not None and channel is None:
+                options = dict(connection.transport_options or {}, confirm_publish=False)
+                unconfirmed = connection.clone(transport_options=options)
+                connection.release()
+                connection = unconfirmed
+            super().__init__(connection, hostname, enabled, channel, *args, **kwargs)
+
+    app.events.dispatcher_cls = Dispatcher
+
+
+def _answer_event_commands():
+    """Flower asks every worker to enable task events every 5 s, and it and `celery events`
+    ask for a heartbeat when they start. Celery's handlers raise on a worker that sends no
+    events (a traceback in the journal each time): such a worker answers why instead."""
+    from celery.worker import control
+
+    def answering(handler):
+        def answer(state, **arguments):
+            if state.consumer.event_dispatcher is None:
+                return control.nok("task events are off in this worker (worker.send_events)")
+            return handler(state, **arguments)
+        return answer
+
+    for name in ("enable_events", "disable_events", "heartbeat"):
+        control.Panel.data[name] = answering(control.Panel.data[name])
 
 
 def _quiet_task_lines():
