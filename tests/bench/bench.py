@@ -3,8 +3,12 @@
 Rows: celery-submit's cold start (wall time and max RSS of the whole process) against a
 seed-style client (`from celery import Celery`, rpc backend, `send_task(...).get()`), worker
 start to READY=1 against stock `celery worker` start to "ready.", and throughput (tasks/s of
-many tasks, throughput.py): the batch CLI and submit_many against stock Celery, and how the
-batch path scales with worker concurrency and payload size.
+many tasks, throughput.py): the batch CLI and submit_many against stock Celery, what task
+events (worker.send_events) cost the batch path, and how the batch path scales with worker
+concurrency and payload size.
+
+`bench.py events [COUNT [RUNS]]` measures only the cost of task events (2,000 tasks, 3 runs by
+default) and prints its row.
 """
 
 import os
@@ -21,7 +25,8 @@ sys.path.insert(0, str(REPO))
 from tests.integration.broker import RabbitMQ  # noqa: E402
 from tests.integration.conftest import WorkerProcess, clean_env, write_config  # noqa: E402
 from tests.bench.throughput import (  # noqa: E402
-    ENTRY_POINT, RUNS as THROUGHPUT_RUNS, celeryd_worker, Row, scaling_rows, throughput_rows)
+    ENTRY_POINT, RUNS as THROUGHPUT_RUNS, celeryd_worker, events_rows, Row, scaling_rows,
+    throughput_rows)
 
 PYTHON = "/usr/bin/python3"
 # Runs of the cold rows; the throughput rows always take THROUGHPUT_RUNS (each is seconds long).
@@ -111,7 +116,8 @@ Rows in tasks/s: higher is better, the target is a floor (aim: 1.2x); each is ta
 whole-process wall time from starting the submitting process until every result is back,
 worker concurrency 2, one private RabbitMQ, medians of {runs} interleaved runs. Stock Celery
 runs with its default settings and, in the last two columns, with celeryd's reliable settings
-(acks_late, reject_on_worker_lost, prefetch 1, confirm_publish)."""
+(acks_late, reject_on_worker_lost, prefetch 1, confirm_publish). The worker.send_events row
+compares celeryd with itself: its reference is a celeryd worker with events off (the default)."""
 
 
 def amount(value, unit):
@@ -156,7 +162,21 @@ def load():
     return " ".join(f"{value:.2f}" for value in os.getloadavg())
 
 
+def events_only(count=2_000, runs=THROUGHPUT_RUNS):
+    """The events row alone, on a private RabbitMQ of its own; print it as a table."""
+    tmp = Path(tempfile.mkdtemp(prefix="celeryd-bench-events-"))
+    node = RabbitMQ(tmp / "rabbitmq")
+    try:
+        node.start()
+        rows = events_rows(node, tmp, count, runs)
+    finally:
+        node.close()
+    print(f"{count:,} tasks, medians of {runs} runs, load average {load()}\n\n{table(rows)}")
+
+
 def main():
+    if sys.argv[1:2] == ["events"]:
+        return events_only(*(int(arg) for arg in sys.argv[2:4]))
     # As installed, where py3compile writes the bytecode: with a stale or missing __pycache__
     # (PYTHONDONTWRITEBYTECODE=1 in the caller's environment, or a source edited since) every
     # cold run compiles celeryd_pkg from source: +60M instructions, +29% on celery-submit.
@@ -183,6 +203,7 @@ def main():
         finally:
             worker.close()
         rows += throughput_rows(node, tmp)
+        rows += events_rows(node, tmp)
         scaling = scaling_rows(node, tmp)
     finally:
         node.close()

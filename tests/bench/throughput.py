@@ -7,6 +7,9 @@ worker (its reliable settings). Stock Celery, one vhost each: A with default set
 celeryd's reliable settings (acks_late, reject_on_worker_lost, prefetch 1, confirm_publish);
 its client is `send_task` in a loop, then one `ResultSet(...).get()` (a loop over `.get()`
 stalls on the rpc backend, facts.md).
+
+The cost of task events: the batch path against a celeryd worker with worker.send_events on
+and one with it off (the default), in the same run; `bench.py events` runs that alone.
 """
 
 import json
@@ -18,7 +21,7 @@ from collections import namedtuple
 
 from tests.integration.conftest import REPO, WorkerProcess, clean_env, write_config
 
-__all__ = ["Row", "celeryd_worker", "throughput_rows", "scaling_rows"]
+__all__ = ["Row", "celeryd_worker", "throughput_rows", "events_rows", "scaling_rows"]
 
 PYTHON = "/usr/bin/python3"
 RUNS = 3  # whole runs per measure; BENCH_RUNS scales the cold rows only
@@ -177,9 +180,10 @@ class Bench:
             self.batch_files[key] = path
         return self.batch_files[key]
 
-    def batch(self, task, count, size=0):
-        """celery-submit --batch, as installed; return tasks/s."""
-        elapsed, out = _run([PYTHON, "-c", ENTRY_POINT, "--config", str(self.config),
+    def batch(self, task, count, size=0, config=None):
+        """celery-submit --batch, as installed (with config, default self.config); return
+        tasks/s."""
+        elapsed, out = _run([PYTHON, "-c", ENTRY_POINT, "--config", str(config or self.config),
                              "--batch", str(self.batch_file(task, count, size))], clean_env())
         states = [json.loads(line)["state"] for line in out.splitlines()]
         if states.count("SUCCESS") != count:
@@ -203,11 +207,11 @@ class Bench:
         return count / elapsed
 
 
-def _medians(label, measures):
-    """measures: name -> callable returning tasks/s. Run them interleaved RUNS times, so
+def _medians(label, measures, runs=RUNS):
+    """measures: name -> callable returning tasks/s. Run them interleaved runs times, so
     drift on a noisy machine hits all alike; return name -> median."""
     samples = {name: [] for name in measures}
-    for _ in range(RUNS):
+    for _ in range(runs):
         for name, measure in measures.items():
             samples[name].append(measure())
             # The whole bench takes many minutes: show it is moving.
@@ -243,6 +247,34 @@ def throughput_rows(node, tmp):
                 worker.close()
 
 
+def events_rows(node, tmp, count=2_000, runs=RUNS):
+    """celery-submit --batch of count `celeryd.add` against a celeryd worker with
+    worker.send_events on, the same worker with the default (off) as the reference, each on
+    its own vhost, nothing consuming the events (the broker drops them: the worker's cost
+    alone); return [Row]."""
+    bench = Bench(node, tmp, "events")
+    account = {"user": "events-on", "password": "events-on-password", "vhost": "events-on"}
+    node.add_account(account["user"], account["password"], account["vhost"])
+    events_config = write_config(bench.tmp / "etc-events", node, account, extra=(
+        "client:\n  timeout: 600\nworker:\n  send_events: true\n"))
+    quiet = loud = None
+    try:
+        quiet = celeryd_worker(bench.config, bench.tmp)
+        loud = celeryd_worker(events_config, bench.tmp / "etc-events")
+        got = _medians(f"{count:,} add, task events", {
+            "off": lambda: bench.batch("celeryd.add", count),
+            "on": lambda: bench.batch("celeryd.add", count, config=events_config),
+        }, runs)
+    finally:
+        for worker in (loud, quiet):
+            if worker is not None:
+                worker.close()
+    # Events are worth it if they cost at most a quarter of the throughput.
+    return [Row(f"celery-submit --batch, {count:,} add, worker.send_events on; reference: "
+                f"celeryd with it off (the default)", got["on"], got["off"], "tasks/s",
+                "higher", 0.75)]
+
+
 def scaling_rows(node, tmp):
     """The batch path at worker concurrency 1, 2, 4 and payloads 100 B, 10 kB, 1 MB (an echo
     task), stock Celery with defaults beside it; return (concurrency, label, tasks, ours,
@@ -265,3 +297,4 @@ def scaling_rows(node, tmp):
                 if worker is not None:
                     worker.close()
     return rows
+
