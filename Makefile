@@ -7,7 +7,7 @@ export PATH := /usr/sbin:/usr/bin:/sbin:/bin:$(PATH)
 APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends
 
 RUNTIME_DEPS := python3-celery python3-kombu python3-amqp python3-sdnotify python3-yaml \
-	python3-prometheus-client
+	python3-prometheus-client python3-systemd
 TEST_DEPS := python3-pytest python3-hypothesis rabbitmq-server util-linux time
 BUILD_DEPS := debhelper dh-python python3-all python3-setuptools python3-stdeb \
 	lintian fakeroot dpkg-dev build-essential

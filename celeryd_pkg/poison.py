@@ -16,6 +16,8 @@ import re
 from collections import namedtuple
 from datetime import datetime, timezone
 
+from celeryd_pkg.journal import task_extra
+
 __all__ = ["DEAD_QUEUE", "DELIVERIES", "PoisonMessage", "deliveries", "lost_reason",
            "requeue_copy", "dead_copy", "origin_copy", "Publisher", "Unroutable", "install"]
 
@@ -168,6 +170,8 @@ def on_worker_lost(request, error, exc_info):
     message = request.message
     count = deliveries(message.headers)
     label = f"Task {request.name}[{request.id}] lost its worker process ({error})"
+    # Journal fields (celeryd_pkg.journal): requeued is Celery's REJECTED, requeued.
+    requeued = task_extra(request.id, request.name, "REJECTED")
     if count < limit:
         copy, outcome = requeue_copy(message, count + 1), "requeued"
     else:
@@ -179,14 +183,17 @@ def on_worker_lost(request, error, exc_info):
         _publish(config, copy)
     except Exception as failure:  # noqa: BLE001 - whatever failed, the broker keeps the task
         logger.error("%s: delivery %d of %d, requeued uncounted: could not publish its copy "
-                     "(%s: %s)", label, count, limit, type(failure).__name__, failure)
+                     "(%s: %s)", label, count, limit, type(failure).__name__, failure,
+                     extra=requeued)
         request.reject(requeue=True)
         return
     request.acknowledge()
     if count < limit:
-        logger.warning("%s: delivery %d of %d, %s", label, count, limit, outcome)
+        logger.warning("%s: delivery %d of %d, %s", label, count, limit, outcome,
+                       extra=requeued)
         return
-    logger.error("%s: delivery %d of %d, %s", label, count, limit, outcome)
+    logger.error("%s: delivery %d of %d, %s", label, count, limit, outcome,
+                 extra=task_extra(request.id, request.name, "FAILURE"))
     failure = PoisonMessage(
         f"{reason}; moved to {DEAD_QUEUE} after {count} deliveries (celeryd-admin dead list)")
     request.task.backend.mark_as_failure(request.id, failure, request=request._context,

@@ -89,6 +89,10 @@ def main(argv=None):
         without_heartbeat=not config.worker.send_events,
     )
     _answer_event_commands()
+    # After the Worker set up logging, before the pool forks its children.
+    from celeryd_pkg import journal
+
+    journal.install()
     if not config.worker.log_tasks:
         _quiet_task_lines()
     if config.metrics.enabled:

@@ -53,7 +53,8 @@ DESIGN_DEPENDS = {
     # Plus python3-prometheus-client: issue 16 (metrics, the counts of celeryd-admin status).
     "python3-celeryd-pkg": {"python3-celery", "python3-kombu", "python3-prometheus-client",
                             "python3-sdnotify", "python3-yaml"},
-    "celeryd": {"python3-celeryd-pkg"},
+    # Plus python3-systemd: issue 16 (the worker's lines carry task fields in the journal).
+    "celeryd": {"python3-celeryd-pkg", "python3-systemd"},
     "celery-submit": {"python3-celeryd-pkg"},
 }
 
