@@ -178,13 +178,16 @@ def load(path):
 
 
 def render(broker):
-    """Given a broker mapping, return the credentials file's text (YAML, fixed key order)."""
-    import yaml
+    """Given a broker mapping, return the credentials file's text: comment lines, then JSON
+    (which is YAML too, and which celery-submit reads without importing yaml), fixed key
+    order."""
+    import json
 
     body = {key: broker[key] for key in KEYS if broker.get(key) is not None}
     return ("# Broker credentials for celeryd, written by celeryd-admin (root:celery 0640).\n"
             "# Not a conffile: celeryd-admin provision, join and rotate-password rewrite it.\n"
-            + yaml.safe_dump({"broker": body}, default_flow_style=False, sort_keys=False))
+            "# JSON, which is YAML too: edit it as either.\n"
+            + json.dumps({"broker": body}, indent=2) + "\n")
 
 
 def staged(path, broker, gid):

@@ -114,9 +114,10 @@ def test_worker_host_joins_and_its_worker_consumes_over_tls(hosts, host):
     result = admin(machine, "join", "-", input=joined[machine.suite, host])
     assert result.stderr == ""
     assert result.stdout.startswith(f"joined amqps://worker-{host}:***@{BROKER_IP}:5671/celery")
-    password = machine.run(["sed", "-n", "s/^  password: //p", "/etc/celeryd/credentials"])
-    assert len(password.stdout.strip()) >= 32
-    assert password.stdout.strip() in joined[machine.suite, host]
+    credentials = machine.run(["cat", "/etc/celeryd/credentials"]).stdout
+    password = json.loads(credentials[credentials.index("{"):])["broker"]["password"]
+    assert len(password) >= 32
+    assert password in joined[machine.suite, host]
     assert machine.run(["stat", "-c", "%U:%G %a", "/etc/celeryd/credentials"]).stdout == \
         "root:celery 640\n"
     allowed = machine.run(["systemctl", "show", "-p", "IPAddressAllow", "--value",

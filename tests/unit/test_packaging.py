@@ -341,7 +341,8 @@ def test_man_pages_are_installed_for_both_commands():
         assert (ROOT / page).read_text().startswith(".TH ")
 
 
-@pytest.mark.parametrize("script", ["celeryd.postinst", "celeryd.postrm"])
+@pytest.mark.parametrize("script", ["celeryd.postinst", "celeryd.postrm",
+                                    "python3-celeryd-pkg.postrm"])
 def test_maintainer_script_is_valid_sh_with_set_e_and_a_debhelper_token(script):
     path = ROOT / "debian" / script
     text = path.read_text()
@@ -536,6 +537,17 @@ def test_postrm_other_than_purge_keeps_everything(host, action):
     assert host.calls() == []
     for path in HOST_FILES:
         assert host.exists(path), path
+
+
+@pytest.mark.parametrize("action, gone", [("remove", True), ("purge", True),
+                                           ("upgrade", False)])
+def test_python_package_postrm_removes_the_parse_cache_with_the_code(sandbox, action, gone):
+    sandbox.write("var/cache/celeryd/parsed-config.json", "{}")
+
+    result = sandbox.run("python3-celeryd-pkg.postrm", action)
+
+    assert (result.returncode, result.stderr) == (0, "")
+    assert sandbox.exists("var/cache/celeryd") is not gone
 
 
 def security_targets():
