@@ -212,8 +212,9 @@ def load_results(path):
 
 def render(broker, results=None):
     """Given a broker mapping (and the result store's login, if any), return the credentials
-    file's text (YAML, fixed key order)."""
-    import yaml
+    file's text: comment lines, then JSON (which is YAML too, and which celery-submit reads
+    without importing yaml), fixed key order."""
+    import json
 
     body = {"broker": {key: broker[key] for key in KEYS if broker.get(key) is not None}}
     login = {key: results[key] for key in RESULTS_KEYS if (results or {}).get(key) is not None}
@@ -221,7 +222,8 @@ def render(broker, results=None):
         body["results"] = login
     return ("# Broker credentials for celeryd, written by celeryd-admin (root:celery 0640).\n"
             "# Not a conffile: celeryd-admin provision, join and rotate-password rewrite it.\n"
-            + yaml.safe_dump(body, default_flow_style=False, sort_keys=False))
+            "# JSON, which is YAML too: edit it as either.\n"
+            + json.dumps(body, indent=2) + "\n")
 
 
 def staged(path, broker, gid, results=None):

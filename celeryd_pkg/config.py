@@ -4,7 +4,7 @@ import errno
 import os
 import stat
 
-from celeryd_pkg import account
+from celeryd_pkg import account, parsecache
 from celeryd_pkg.errors import ConfigError
 from celeryd_pkg.schema import SCHEMA, defaults
 from celeryd_pkg.validate import apply_file, permission_message, set_value
@@ -196,6 +196,7 @@ def load(config_file=None, overrides=None, env=os.environ, instance=None,
                               "neither")
     _resolve_results(values["results"], broker)
 
+    parsecache.save()
     return Config({s: Section(s, values[s]) for s in SCHEMA}, sources)
 
 

@@ -3,6 +3,7 @@
 import grp
 import os
 
+from celeryd_pkg import parsecache
 from celeryd_pkg.errors import ConfigError
 from celeryd_pkg.schema import SCHEMA
 
@@ -67,11 +68,45 @@ def _parse_yaml(path, text):
     return data, lines
 
 
+def _parse(path, text):
+    """Return (data, lines) of a config file's text; lines is None where the data came
+    without yaml: a JSON body after comment lines (as celeryd writes the credentials file:
+    JSON is YAML too), or the parse cache."""
+    body = text
+    while body.startswith("#"):
+        body = body.partition("\n")[2]
+    if body.startswith("{"):
+        import json
+
+        try:
+            return json.loads(body), None
+        except ValueError:
+            pass  # YAML's flow style, say: yaml reads it and names the line of any error
+    found, data = parsecache.lookup(text)
+    if found:
+        return data, None
+    data, lines = _parse_yaml(path, text)
+    parsecache.remember(text, data)
+    return data, lines
+
+
 def apply_file(values, path, sources, allowed=None):
     """Merge one YAML file into values, validating every key against the schema (and against
     allowed, a {section: keys} subset, when given)."""
-    data, lines = _parse_yaml(path, _read_text(path))
+    text = _read_text(path)
+    data, lines = _parse(path, text)
     sources.append(str(path))
+    try:
+        _merge(values, path, data, lines or {}, allowed)
+    except ConfigError:
+        if lines is not None:
+            raise
+        # The same problems again, now with the line numbers only yaml knows.
+        _merge(values, path, *_parse_yaml(path, text), allowed)
+        raise
+
+
+def _merge(values, path, data, lines, allowed):
     if data is None:
         return
     if not isinstance(data, dict):

@@ -39,10 +39,10 @@ def defer_option(parser):
 
 def commands():
     """Return every Command, in the order --help lists them."""
-    from celeryd_pkg.admin import check, control, dead, join, provision, status, tls
+    from celeryd_pkg.admin import check, control, dead, join, provision, status, tls, trace
 
     return (*provision.COMMANDS, *tls.COMMANDS, *join.COMMANDS, *control.COMMANDS,
-            *check.COMMANDS, *status.COMMANDS, *dead.COMMANDS)
+            *check.COMMANDS, *status.COMMANDS, *dead.COMMANDS, *trace.COMMANDS)
 
 
 def parse_args(argv):
@@ -51,10 +51,10 @@ def parse_args(argv):
     parser = Parser(
         prog="celeryd-admin",
         description="Provision, join and check the broker account of the celeryd workers.",
-        epilog="Exit codes: 0 success, 1 no live workers, status DEGRADED or rabbitmqctl "
-               "failed, 2 bad "
-               "arguments, 3 bad config or missing group, 4 broker unreachable, 5 broker "
-               "refused access.")
+        epilog="Exit codes: 0 success, 1 no live workers, status DEGRADED, rabbitmqctl or "
+               "journalctl failed, or a traced task has no journal entry, 2 bad arguments, "
+               "3 bad config, missing group or no journalctl, 4 broker unreachable, 5 broker "
+               "refused access, 6 journalctl timed out.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in commands():
         sub = subparsers.add_parser(command.name, help=command.help, description=command.help)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from celeryd_pkg import account as celeryd_account
 from tests.integration.broker import RabbitMQ, free_port, wait_for_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -110,7 +111,8 @@ def write_config(directory, rabbitmq, account, extra=""):
         f"broker:\n  host: 127.0.0.1\n  port: {rabbitmq.port}\n  vhost: {account['vhost']}\n"
         f"  user: {account['user']}\n" + extra)
     credentials = directory / "credentials"
-    credentials.write_text(f"broker:\n  password: {account['password']}\n")
+    # As celeryd-admin writes it (JSON, read without yaml).
+    credentials.write_text(celeryd_account.render({"password": account["password"]}))
     credentials.chmod(0o640)
     return main
 

@@ -299,7 +299,7 @@ def test_purge_leaves_nothing_of_ours(machine):
             "/lib/systemd/system/celeryd-provision.service",
             "/lib/systemd/system-generators/celeryd-generator",
             "/lib/systemd/system/rabbitmq-server.service.d/celeryd.conf",
-            "/usr/lib/sysusers.d/celeryd.conf"]
+            "/usr/lib/sysusers.d/celeryd.conf", "/var/cache/celeryd"]
     left = [path for path in gone if machine.run(["test", "-e", path], check=False).returncode == 0]
     assert left == []
     assert machine.run(["getent", "passwd", "celery"], check=False).returncode == 2

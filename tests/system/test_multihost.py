@@ -114,9 +114,10 @@ def test_worker_host_joins_and_its_worker_consumes_over_tls(hosts, host):
     result = admin(machine, "join", "-", input=joined[machine.suite, host])
     assert result.stderr == ""
     assert result.stdout.startswith(f"joined amqps://worker-{host}:***@{BROKER_IP}:5671/celery")
-    password = machine.run(["sed", "-n", "s/^  password: //p", "/etc/celeryd/credentials"])
-    assert len(password.stdout.strip()) >= 32
-    assert password.stdout.strip() in joined[machine.suite, host]
+    credentials = machine.run(["cat", "/etc/celeryd/credentials"]).stdout
+    password = json.loads(credentials[credentials.index("{"):])["broker"]["password"]
+    assert len(password) >= 32
+    assert password in joined[machine.suite, host]
     assert machine.run(["stat", "-c", "%U:%G %a", "/etc/celeryd/credentials"]).stdout == \
         "root:celery 640\n"
     allowed = machine.run(["systemctl", "show", "-p", "IPAddressAllow", "--value",
@@ -254,6 +255,88 @@ def test_status_on_a_worker_host_shows_the_fleet_and_names_a_stopped_worker(host
     assert stopped.returncode == 1, stopped.stdout + stopped.stderr
     verdict = stopped.stdout.splitlines()[-1]
     assert verdict.startswith("DEGRADED") and f"celery@{a}" in verdict, verdict
+
+
+TRACE_TASKS = '''\
+from celery import shared_task
+from celery.utils.log import get_task_logger
+
+logger = get_task_logger(__name__)
+
+
+@shared_task(name="tracetasks.greet")
+def greet(who):
+    logger.info("greeting %s", who)
+    if who == "nobody":
+        raise ValueError("nobody to greet")
+    return f"hello {who}"
+'''
+
+
+def journal_entries(machine, task_id):
+    """The journal entries with CELERY_TASK_ID=task_id on machine, as dicts (polled: journald
+    writes them a moment after the worker sends them)."""
+    deadline = time.monotonic() + 20
+    while True:
+        out = machine.run(["journalctl", "-o", "json", f"CELERY_TASK_ID={task_id}"],
+                          check=False).stdout
+        entries = [json.loads(line) for line in out.splitlines() if line.strip()]
+        states = {entry.get("CELERY_TASK_STATE") for entry in entries}
+        if {"SUCCESS", "FAILURE"} & states or time.monotonic() > deadline:
+            return entries
+
+
+def restart_worker(machine):
+    """systemctl restart celery-worker, once more if the start fails with 219/CGROUP: systemd
+    252 in a legacy-hierarchy container can lose the unit's new cgroup right after a stop (seen
+    on Debian 12 here); that is the container's, not the worker's, and a second start works."""
+    restarted = machine.run(["systemctl", "restart", "celery-worker"], check=False, timeout=660)
+    if restarted.returncode != 0:
+        result = machine.run(["systemctl", "show", "-p", "ExecMainStatus", "--value",
+                              "celery-worker"]).stdout.strip()
+        assert result == "219", restarted.stderr  # anything else is ours
+        machine.run(["systemctl", "reset-failed", "celery-worker"])
+        machine.run(["systemctl", "start", "celery-worker"], timeout=660)
+
+
+def test_task_lines_carry_their_id_in_the_journal_and_trace_finds_them(hosts):
+    worker_b, client = hosts["worker-b"], hosts["client"]
+    worker_b.run(["mkdir", "-p", "/srv/tracetasks"])
+    worker_b.run("cat > /srv/tracetasks/tracetasks.py", input=TRACE_TASKS)
+    worker_b.run("printf 'tasks:\\n  modules: [tracetasks]\\n  pythonpath: [/srv/tracetasks]\\n' "
+                 ">/etc/celeryd/conf.d/50-tracetasks.yaml")
+    restart_worker(worker_b)
+    greeted = client.run(["celery-submit", "--json", "tracetasks.greet", "world"], timeout=120)
+    ok = json.loads(greeted.stdout)
+    assert ok["result"] == "hello world"
+    failed = client.run(["celery-submit", "--json", "tracetasks.greet", "nobody"],
+                        check=False, timeout=120)
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    bad = json.loads(failed.stdout)
+
+    entries = journal_entries(worker_b, ok["id"])
+    assert [e["CELERY_TASK_STATE"] for e in entries] == ["RECEIVED", "STARTED", "SUCCESS"]
+    assert {e["CELERY_TASK_NAME"] for e in entries} == {"tracetasks.greet"}
+    assert {e["_SYSTEMD_UNIT"] for e in entries} == {"celery-worker.service"}
+    assert "greeting world" in entries[1]["MESSAGE"]
+    failure = journal_entries(worker_b, bad["id"])[-1]
+    assert failure["CELERY_TASK_STATE"] == "FAILURE" and failure["PRIORITY"] == "3"
+    # The traceback is in the failure's one entry, not spread over many lines.
+    assert "Traceback" in failure["MESSAGE"] and "ValueError: nobody to greet" in failure["MESSAGE"]
+
+    traced = worker_b.run(["celeryd-admin", "trace", ok["id"], bad["id"]], check=False)
+    print(f"\nceleryd-admin trace on worker-b ({worker_b.suite}):\n{traced.stdout}{traced.stderr}")
+    assert traced.returncode == 0, traced.stdout + traced.stderr
+    states = [line.split()[4] for line in traced.stdout.splitlines() if not line[0].isspace()]
+    assert states == ["RECEIVED", "STARTED", "SUCCESS", "RECEIVED", "STARTED", "FAILURE"]
+    traced_json = json.loads(worker_b.run(["celeryd-admin", "trace", "--json", ok["id"]]).stdout)
+    hostname = worker_b.run(["hostname"]).stdout.strip()
+    assert {(e["id"], e["host"], e["unit"]) for e in traced_json} == {
+        (ok["id"], hostname, "celery-worker.service")}
+    # The client host's journal holds nothing of it, and trace says so.
+    elsewhere = client.run(["celeryd-admin", "trace", ok["id"]], check=False)
+    assert elsewhere.returncode == 1 and elsewhere.stdout == ""
+    assert f"no journal entry for task {ok['id']} on this host" in elsewhere.stderr
 
 
 def test_purge_on_a_worker_host_takes_its_join_with_it(hosts):

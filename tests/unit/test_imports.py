@@ -12,7 +12,8 @@ CLIENT_MODULES = ("submit", "client")
 WORKER_MODULES = ("app", "worker", "tasks", "monitor", "notify", "admin", "poison", "tally",
                   "panel", "metrics", "journal")
 # The config layer may import only itself.
-CONFIG_MODULES = ("config", "validate", "schema", "errors", "files", "account")
+CONFIG_MODULES = ("config", "validate", "schema", "errors", "files", "account",
+                  "parsecache")
 
 
 def module_file(root, name):

@@ -51,8 +51,9 @@ HARDENING = {
 # design.md, "Packages": binary package -> what its Depends must name (besides substvars).
 DESIGN_DEPENDS = {
     # Plus python3-prometheus-client: issue 16 (metrics, the counts of celeryd-admin status).
+    # Plus python3-redis: issue 16 part 4 (results.backend: redis, on every host).
     "python3-celeryd-pkg": {"python3-celery", "python3-kombu", "python3-prometheus-client",
-                            "python3-sdnotify", "python3-yaml"},
+                            "python3-redis", "python3-sdnotify", "python3-yaml"},
     # Plus python3-systemd: issue 16 (the worker's lines carry task fields in the journal).
     "celeryd": {"python3-celeryd-pkg", "python3-systemd"},
     "celery-submit": {"python3-celeryd-pkg"},
@@ -341,7 +342,8 @@ def test_man_pages_are_installed_for_both_commands():
         assert (ROOT / page).read_text().startswith(".TH ")
 
 
-@pytest.mark.parametrize("script", ["celeryd.postinst", "celeryd.postrm"])
+@pytest.mark.parametrize("script", ["celeryd.postinst", "celeryd.postrm",
+                                    "python3-celeryd-pkg.postrm"])
 def test_maintainer_script_is_valid_sh_with_set_e_and_a_debhelper_token(script):
     path = ROOT / "debian" / script
     text = path.read_text()
@@ -536,6 +538,17 @@ def test_postrm_other_than_purge_keeps_everything(host, action):
     assert host.calls() == []
     for path in HOST_FILES:
         assert host.exists(path), path
+
+
+@pytest.mark.parametrize("action, gone", [("remove", True), ("purge", True),
+                                           ("upgrade", False)])
+def test_python_package_postrm_removes_the_parse_cache_with_the_code(sandbox, action, gone):
+    sandbox.write("var/cache/celeryd/parsed-config.json", "{}")
+
+    result = sandbox.run("python3-celeryd-pkg.postrm", action)
+
+    assert (result.returncode, result.stderr) == (0, "")
+    assert sandbox.exists("var/cache/celeryd") is not gone
 
 
 def security_targets():
