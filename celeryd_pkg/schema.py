@@ -115,8 +115,9 @@ SCHEMA = {
         "concurrency": Key(int, 2, "Number of prefork child processes.", minimum=1),
         "queues": Key(list, ["celery"], "Queues this worker consumes from."),
         "prefetch_multiplier": Key(
-            int, 1, "Messages reserved per child; 1 is safest with late acks (more drains faster, "
-            "but a broker restart may run a reserved task twice).", minimum=1,
+            int, 1, "Messages reserved per child. 1 keeps the tasks a broker outage runs twice "
+            "to those in flight; more drains faster, but the reserved ones run on and may run "
+            "twice too.", minimum=1,
         ),
         "name": Key(
             str, None, "Node name (default celery@HOSTNAME, or NAME@HOSTNAME for an instance).",

@@ -86,7 +86,12 @@ def _parse(path, text):
     if found:
         return data, None
     data, lines = _parse_yaml(path, text)
-    parsecache.remember(text, data)
+    try:
+        readable_by_all = os.stat(path).st_mode & 0o004
+    except OSError:
+        readable_by_all = False
+    if readable_by_all:  # the cache is readable by all: it holds nothing that is not
+        parsecache.remember(text, data)
     return data, lines
 
 

@@ -8,7 +8,7 @@ events (worker.send_events) cost the batch path, and how the batch path scales w
 concurrency and payload size.
 
 `bench.py events [COUNT [RUNS]]` measures only the cost of task events (2,000 tasks, 3 runs by
-default) and prints its row.
+default) and prints its row; `bench.py cold` only the cold-start rows.
 """
 
 import os
@@ -177,6 +177,7 @@ def events_only(count=2_000, runs=THROUGHPUT_RUNS):
 def main():
     if sys.argv[1:2] == ["events"]:
         return events_only(*(int(arg) for arg in sys.argv[2:4]))
+    cold_only = sys.argv[1:2] == ["cold"]  # the cold rows alone (a minute, not twenty)
     # As installed, where py3compile writes the bytecode: with a stale or missing __pycache__
     # (PYTHONDONTWRITEBYTECODE=1 in the caller's environment, or a source edited since) every
     # cold run compiles celeryd_pkg from source: +60M instructions, +29% on celery-submit.
@@ -202,18 +203,21 @@ def main():
             rows = submit_rows(config, seed_client, env) + rows
         finally:
             worker.close()
-        rows += throughput_rows(node, tmp)
-        rows += events_rows(node, tmp)
-        scaling = scaling_rows(node, tmp)
+        if not cold_only:
+            rows += throughput_rows(node, tmp)
+            rows += events_rows(node, tmp)
+        scaling = [] if cold_only else scaling_rows(node, tmp)
     finally:
         node.close()
     result = (f"celeryd benchmark, {time.strftime('%Y-%m-%d %H:%M')}, medians of {RUNS} runs "
               f"(cold rows) and {THROUGHPUT_RUNS} runs (throughput), python "
               f"{sys.version.split()[0]}, {os.cpu_count()} CPUs, load average {load_before} "
               f"before and {load()} after\n\n{TABLE_NOTE.format(runs=THROUGHPUT_RUNS)}\n\n"
-              f"{table(rows)}\n\nScaling of the batch path: an echo task with a string "
-              f"argument of the payload's size, submit to all results back, medians of "
-              f"{THROUGHPUT_RUNS}.\n\n{scaling_table(scaling)}\n")
+              f"{table(rows)}\n")
+    if scaling:
+        result += (f"\nScaling of the batch path: an echo task with a string argument of the "
+                   f"payload's size, submit to all results back, medians of "
+                   f"{THROUGHPUT_RUNS}.\n\n{scaling_table(scaling)}\n")
     out = REPO / "build" / "bench.md"
     out.parent.mkdir(exist_ok=True)
     out.write_text(result)

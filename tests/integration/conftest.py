@@ -32,12 +32,18 @@ def rabbitmq(tmp_path_factory):
         node.close()
 
 
-@pytest.fixture(scope="session")
-def account(rabbitmq):
-    """A user with full rights on its own vhost, as `celeryd-admin provision` makes."""
-    creds = {"user": "celeryd-test", "password": secrets.token_urlsafe(24), "vhost": "celeryd-test"}
+def vhost_account(rabbitmq, name):
+    """Make a user with full rights on a vhost of its own, both called name, as `celeryd-admin
+    provision` makes one; return its {user, password, vhost}."""
+    creds = {"user": name, "password": secrets.token_urlsafe(24), "vhost": name}
     rabbitmq.add_account(creds["user"], creds["password"], creds["vhost"])
     return creds
+
+
+@pytest.fixture(scope="session")
+def account(rabbitmq):
+    """The tests' shared account."""
+    return vhost_account(rabbitmq, "celeryd-test")
 
 
 class RedisServer:

@@ -3,7 +3,6 @@ own event receiver (app.events.Receiver, what both of them run) against a real w
 
 import json
 import queue
-import secrets
 import socket
 import threading
 import time
@@ -13,7 +12,7 @@ from celery import chain
 
 from celeryd_pkg import config
 from celeryd_pkg.app import make_control_app
-from tests.integration.conftest import submit, write_config
+from tests.integration.conftest import submit, vhost_account, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -24,10 +23,7 @@ TASK_EVENTS = ("task-sent", "task-received", "task-started", "task-succeeded", "
 @pytest.fixture(scope="module")
 def own_account(rabbitmq):
     """A vhost of this module's own: the event exchange sees only this module's workers."""
-    creds = {"user": "celeryd-events", "password": secrets.token_urlsafe(24),
-             "vhost": "celeryd-events"}
-    rabbitmq.add_account(creds["user"], creds["password"], creds["vhost"])
-    return creds
+    return vhost_account(rabbitmq, "celeryd-events")
 
 
 class Watcher:

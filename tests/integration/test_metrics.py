@@ -2,7 +2,6 @@
 Prometheus endpoint scraped over HTTP and parsed with prometheus_client's own parser."""
 
 import os
-import secrets
 import signal
 import socket
 import tempfile
@@ -16,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from celeryd_pkg import config
 from celeryd_pkg.app import make_control_app
 from tests.integration.broker import free_port
-from tests.integration.conftest import submit, write_config
+from tests.integration.conftest import submit, vhost_account, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -28,10 +27,7 @@ ADDS, FAILURES = 5, 2
 @pytest.fixture(scope="module")
 def own_account(rabbitmq):
     """A vhost of this module's own: no other test's messages or workers in the counts."""
-    creds = {"user": "celeryd-metrics", "password": secrets.token_urlsafe(24),
-             "vhost": "celeryd-metrics"}
-    rabbitmq.add_account(creds["user"], creds["password"], creds["vhost"])
-    return creds
+    return vhost_account(rabbitmq, "celeryd-metrics")
 
 
 def metrics_config(tmp_path, rabbitmq, account, enabled=True, port=None, extra=""):
