@@ -584,3 +584,12 @@ def test_provisioning_unit_runs_once_after_a_local_broker_starts_without_credent
     assert "systemd/celeryd-provision.service lib/systemd/system/" in install
     assert ("systemd/rabbitmq-server.service.d/celeryd.conf "
             "lib/systemd/system/rabbitmq-server.service.d/") in install
+
+
+def test_control_descriptions_fit_80_columns_and_man_pages_hold_no_traceback():
+    # lintian's extended-description-line-too-long and python-traceback-in-manpage.
+    long = [line for line in (ROOT / "debian" / "control").read_text().splitlines()
+            if len(line) > 80]
+    assert long == []
+    for page in ("man/celery-submit.1", "man/celeryd-admin.8"):
+        assert "Traceback (most recent call last)" not in (ROOT / page).read_text(), page
