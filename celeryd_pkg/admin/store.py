@@ -18,8 +18,8 @@ __all__ = ["ACL_DIR", "ACLFILE", "ADMIN_PASSWORD_FILE", "DROPIN", "REDIS_CONF", 
            "ACLFILE_MODE", "ADMIN_PASSWORD_MODE", "DROPIN_MODE", "REDIS_GROUP", "PORT",
            "TLS_PORT", "ADMIN", "ROLES", "rules", "password_hash", "acl_line",
            "render_aclfile", "parse_aclfile", "update_aclfile", "render_dropin", "TlsFiles",
-           "parse_version", "write_aclfile", "write_admin_password", "read_admin_password",
-           "write_dropin"]
+           "parse_version", "redis_gid", "write_aclfile", "write_admin_password",
+           "read_admin_password", "write_dropin", "Layout"]
 
 ACL_DIR = Path("/etc/celeryd/redis")
 ACLFILE = ACL_DIR / "users.acl"
@@ -178,6 +178,42 @@ def update_aclfile(text, admin_password, user, password=None, role="worker", ver
     return render_aclfile(accounts, admin_password, version, others)
 
 
+class Layout:
+    """Where store-setup reads and writes, beside the config file: the defaults (ACL_DIR,
+    tls-setup's CA, /etc/rabbitmq/tls, conf.d/20-results.yaml) or a test's directory."""
+
+    def __init__(self, config_file=None, rabbitmq_dir="/etc/rabbitmq", dropin=DROPIN,
+                 redis_group=REDIS_GROUP):
+        from celeryd_pkg import config
+        from celeryd_pkg.admin import tls
+
+        main, conf_d, self.credentials, _ = config.config_paths(config_file)
+        self.conf_d_file = conf_d / "20-results.yaml"
+        self.ca = tls.ca_files(main.parent)
+        self.acl_dir = main.parent / ACL_DIR.name
+        self.aclfile = self.acl_dir / ACLFILE.name
+        self.admin_password = self.acl_dir / ADMIN_PASSWORD_FILE.name
+        # redis (group redis) cannot read RabbitMQ's key: the store gets its own copy.
+        self.tls_cert, self.tls_key = self.acl_dir / "server.pem", self.acl_dir / "server.key"
+        self.broker_tls = Path(rabbitmq_dir) / "tls"
+        self.dropin, self.redis_group = Path(dropin), redis_group
+
+    def tls_files(self):
+        """The store's TLS files (a TlsFiles) and their contents {path: bytes}, or (None, {})
+        without tls-setup's CA: a copy of the broker's certificate and key, for group redis."""
+        if not self.ca.exists():
+            return None, {}
+        try:
+            cert, key = ((self.broker_tls / name).read_bytes()
+                         for name in ("server.pem", "server.key"))
+        except OSError as error:
+            raise ConfigError(f"celeryd-admin: {self.ca.cert} exists but {error.filename} "
+                              f"cannot be read ({error.strerror}): run celeryd-admin tls-setup "
+                              f"again, or pass --rabbitmq-dir") from None
+        tls = TlsFiles(self.tls_cert, self.tls_key, self.ca.cert)
+        return tls, {self.tls_cert: cert, self.tls_key: key}
+
+
 class TlsFiles:
     """The files redis-server's TLS listener uses; cert and key readable by group redis."""
 
@@ -194,11 +230,13 @@ def render_dropin(tls=None, aclfile=ACLFILE):
     """Return the text of redis-server.service.d/celeryd.conf: our ACL file; every interface
     (`bind * -::*`: the default user has a password, so protected mode lets remote logins
     through, and each account has its own); results kept across restarts (appendonly). With
-    tls (a TlsFiles): TLS on TLS_PORT only, server certificate only (accounts log in by
-    password)."""
+    tls (a TlsFiles): TLS on TLS_PORT too, server certificate only (accounts log in by
+    password). The plain PORT stays open, as RabbitMQ's 5672 does after tls-setup: this
+    host's worker reaches the store as it reaches the broker, on localhost without TLS
+    (results.tls follows broker.tls), and Redis has one bind for both ports."""
     options = [f"--aclfile {aclfile}", "--bind * -::*", "--appendonly yes"]
     if tls is not None:
-        options += [f"--port 0 --tls-port {TLS_PORT}", f"--tls-cert-file {tls.cert}",
+        options += [f"--port {PORT} --tls-port {TLS_PORT}", f"--tls-cert-file {tls.cert}",
                     f"--tls-key-file {tls.key}", f"--tls-ca-cert-file {tls.ca}",
                     "--tls-auth-clients no"]
     return ("# Written by celeryd-admin: Redis as celeryd's result store (results.backend:\n"
@@ -219,7 +257,7 @@ def parse_version(text):
     return None
 
 
-def _redis_gid(group):
+def redis_gid(group):
     import grp
 
     try:
@@ -231,7 +269,7 @@ def _redis_gid(group):
 
 def write_aclfile(text, path=ACLFILE, group=REDIS_GROUP):
     """Write the ACL file atomically, root:group 0640."""
-    files.replace(path, text, mode=ACLFILE_MODE, gid=_redis_gid(group))
+    files.replace(path, text, mode=ACLFILE_MODE, gid=redis_gid(group))
 
 
 def write_admin_password(password, path=ADMIN_PASSWORD_FILE):

@@ -213,13 +213,13 @@ def test_systemd_reads_the_dropin_over_debians_unit_without_a_complaint(tmp_path
     assert "celeryd.conf" not in done.stdout + done.stderr
 
 
-def test_dropin_with_tls_listens_on_6380_only():
+def test_dropin_with_tls_listens_on_6380_and_keeps_6379_for_this_hosts_worker():
     tls = store.TlsFiles("/etc/celeryd/redis/server.pem", "/etc/celeryd/redis/server.key",
                          "/etc/celeryd/tls/ca.pem")
     line = store.render_dropin(tls).splitlines()[-1]
     assert line.startswith(f"ExecStart={store.DEBIAN_EXECSTART} ")
     assert line.endswith("--aclfile /etc/celeryd/redis/users.acl --bind * -::* --appendonly yes "
-                         "--port 0 --tls-port 6380 "
+                         "--port 6379 --tls-port 6380 "
                          "--tls-cert-file /etc/celeryd/redis/server.pem "
                          "--tls-key-file /etc/celeryd/redis/server.key "
                          "--tls-ca-cert-file /etc/celeryd/tls/ca.pem --tls-auth-clients no")
