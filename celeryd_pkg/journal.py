@@ -68,15 +68,15 @@ class TaskJournalHandler(logging.Handler):
     they stay out of the text."""
 
     def __init__(self, level, send):
+        from systemd.journal import JournalHandler
+
         super().__init__(level)
         self.send = send
+        self.priority = JournalHandler.map_priority  # looked up once, not per line
 
     def emit(self, record):
         try:
-            from systemd.journal import JournalHandler
-
-            self.send(self.format(record),
-                      PRIORITY=str(JournalHandler.map_priority(record.levelno)),
+            self.send(self.format(record), PRIORITY=str(self.priority(record.levelno)),
                       SYSLOG_IDENTIFIER=IDENTIFIER, LOGGER=record.name,
                       PROCESS_NAME=record.processName, CODE_FILE=record.pathname,
                       CODE_LINE=record.lineno, CODE_FUNC=record.funcName,

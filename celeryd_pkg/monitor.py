@@ -21,6 +21,7 @@ class Monitor:
         self.clock = clock
         self.ready_sent = False
         self.reloading = False
+        self.finishing = False  # a stop is waiting for the tasks in flight (stopping.py)
         self.connected = False
         self.lost_since = clock()
         self.last_tick = clock()
@@ -66,6 +67,8 @@ class Monitor:
         active = len(state.active_requests)
         done = max(state.all_total_count[0] - active, 0)
         counts = f"{done} tasks done, {active} in flight"
+        if self.finishing:
+            return f"{'Reloading' if self.reloading else 'Stopping'}: taking no new tasks; {counts}"
         queues = self.consumed_queues()
         if not queues:
             return f"Draining: taking no new tasks (celeryd-admin resume); {counts}"

@@ -69,11 +69,14 @@ def main(argv=None):
         return report(error, "celeryd")
 
     from celeryd_pkg.monitor import Monitor, Readiness
+    from celeryd_pkg.stopping import FinishBeforeStop, GentleStop
 
     monitor = Monitor(config, Notifier())
     app.celeryd_monitor = monitor
     app.steps["consumer"].add(Readiness)
-    worker = _worker_class(app, monitor, args, argv)(
+    gentle_stop = app.celeryd_gentle_stop = GentleStop(monitor)
+    app.steps["consumer"].add(FinishBeforeStop)
+    worker = _worker_class(app, monitor, gentle_stop, args, argv)(
         hostname=node_name(config, args.instance),
         pool_cls="prefork",
         concurrency=config.worker.concurrency,
@@ -165,8 +168,9 @@ def _refuse_bad_login(config):
         pass
 
 
-def _worker_class(app, monitor, args, argv):
-    """Return app.Worker extended with STATUS= while connecting and SIGHUP as reload."""
+def _worker_class(app, monitor, gentle_stop, args, argv):
+    """Return app.Worker extended with STATUS= while connecting, SIGHUP as reload, and a
+    SIGTERM that acknowledges every task in flight before Celery's warm stop."""
 
     class Worker(app.Worker):
         def on_start(self):
@@ -175,12 +179,15 @@ def _worker_class(app, monitor, args, argv):
 
         def install_platform_tweaks(self, worker):
             super().install_platform_tweaks(worker)
-            _install_reload_handler(monitor, args, argv)
+            from celery import platforms
+
+            gentle_stop.wrap(platforms.signals, "SIGTERM")
+            _install_reload_handler(monitor, gentle_stop, args, argv)
 
     return Worker
 
 
-def _install_reload_handler(monitor, args, argv):
+def _install_reload_handler(monitor, gentle_stop, args, argv):
     """SIGHUP: check the new config, then finish tasks in flight and re-execute ourselves.
     An invalid config is refused and the worker keeps running on the old one."""
     from celery import platforms
@@ -201,7 +208,7 @@ def _install_reload_handler(monitor, args, argv):
         monitor.reloading = True
         monitor.notifier.reloading()
         atexit.register(_reexec, argv)
-        state.should_stop = 0
+        gentle_stop.request(lambda: setattr(state, "should_stop", 0))
 
     platforms.signals["SIGHUP"] = on_sighup
 

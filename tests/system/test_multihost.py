@@ -274,16 +274,17 @@ def greet(who):
 
 
 def journal_entries(machine, task_id):
-    """The journal entries with CELERY_TASK_ID=task_id on machine, as dicts (polled: journald
-    writes them a moment after the worker sends them)."""
-    deadline = time.monotonic() + 20
-    while True:
+    """The journal entries with CELERY_TASK_ID=task_id on machine, as dicts, once its last
+    one (SUCCESS or FAILURE) is there: journald writes them a moment after the worker sends
+    them."""
+    def finished():
         out = machine.run(["journalctl", "-o", "json", f"CELERY_TASK_ID={task_id}"],
                           check=False).stdout
         entries = [json.loads(line) for line in out.splitlines() if line.strip()]
         states = {entry.get("CELERY_TASK_STATE") for entry in entries}
-        if {"SUCCESS", "FAILURE"} & states or time.monotonic() > deadline:
-            return entries
+        return entries if {"SUCCESS", "FAILURE"} & states else None
+
+    return harness.wait_until(finished, 20, f"the journal's last entry of task {task_id}")
 
 
 def restart_worker(machine):

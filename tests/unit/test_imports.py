@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[2] / PACKAGE
 CLIENT_MODULES = ("submit", "client")
 # Worker-side modules; a name also covers everything under it (the admin package).
 WORKER_MODULES = ("app", "worker", "tasks", "monitor", "notify", "admin", "poison", "tally",
-                  "panel", "metrics", "journal")
+                  "panel", "metrics", "journal", "stopping")
 # The config layer may import only itself.
 CONFIG_MODULES = ("config", "validate", "schema", "errors", "files", "account",
                   "parsecache")

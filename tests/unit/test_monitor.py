@@ -77,3 +77,12 @@ def test_status_says_draining_when_the_worker_consumes_no_queue():
     assert m.status_line().startswith("Draining: taking no new tasks (celeryd-admin resume); ")
     m.consumer.task_consumer.queues.append(SimpleNamespace(name="celery"))
     assert m.status_line().startswith("Consuming from celery on ")
+
+
+def test_status_says_stopping_or_reloading_while_a_stop_finishes_the_tasks_in_flight():
+    m, _ = monitor()
+    m.consumer = SimpleNamespace(task_consumer=SimpleNamespace(queues=[]))
+    m.finishing = True
+    assert m.status_line() == "Stopping: taking no new tasks; 0 tasks done, 0 in flight"
+    m.reloading = True
+    assert m.status_line().startswith("Reloading: taking no new tasks; ")
