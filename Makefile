@@ -7,8 +7,8 @@ export PATH := /usr/sbin:/usr/bin:/sbin:/bin:$(PATH)
 APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends
 
 RUNTIME_DEPS := python3-celery python3-kombu python3-amqp python3-sdnotify python3-yaml \
-	python3-prometheus-client python3-systemd
-TEST_DEPS := python3-pytest python3-hypothesis rabbitmq-server util-linux time
+	python3-prometheus-client python3-systemd python3-redis
+TEST_DEPS := python3-pytest python3-hypothesis rabbitmq-server redis-server util-linux time
 BUILD_DEPS := debhelper dh-python python3-all python3-setuptools python3-stdeb \
 	lintian fakeroot dpkg-dev build-essential
 SYSTEM_DEPS := debootstrap systemd-container iproute2 qemu-system-x86 e2fsprogs
@@ -17,8 +17,8 @@ SYSTEM_DEPS := debootstrap systemd-container iproute2 qemu-system-x86 e2fsprogs
 
 all: test
 
-# rabbitmq-server is installed without starting the host's service: the tests
-# start their own private node (policy-rc.d answers 101 for the install only).
+# rabbitmq-server and redis-server are installed without starting the host's services:
+# the tests start their own private ones (policy-rc.d answers 101 for the install only).
 deps:
 	@missing=$$(for p in $(RUNTIME_DEPS) $(TEST_DEPS) $(BUILD_DEPS) $(SYSTEM_DEPS); do \
 		dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \

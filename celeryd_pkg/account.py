@@ -11,15 +11,18 @@ import os
 from celeryd_pkg import files
 from celeryd_pkg.errors import ConfigError, UsageError
 
-__all__ = ["KEYS", "PORTS", "MODE", "default_port", "to_url", "from_url", "mask_url",
-           "encode_ca", "decode_ca", "load", "render", "save", "staged", "locked", "remove",
-           "resolve_group"]
+__all__ = ["KEYS", "RESULTS_KEYS", "PORTS", "MODE", "default_port", "to_url", "from_url",
+           "mask_url", "default_results_port", "to_results_url", "encode_ca", "decode_ca", "load", "load_results", "render", "save",
+           "staged", "locked", "remove", "resolve_group"]
 
 # The only keys the credentials file may set, in the order it is written: where the broker is
 # and how to log in (the config loader accepts nothing else in that file).
 KEYS = ("host", "port", "vhost", "user", "password", "tls", "ca_file", "server_name",
         "allow_plain")
+# Its `results:` section: the result store's login (Redis ACL user), nothing else.
+RESULTS_KEYS = ("user", "password")
 PORTS = {"amqp": 5672, "amqps": 5671}
+RESULTS_PORTS = {"redis": 6379, "rediss": 6380}
 # root:GROUP 0640: the workers (group celery) read the credentials, nobody else does.
 MODE = 0o640
 EXPECTED = "expected amqps://USER:PASSWORD@HOST[:PORT]/VHOST[?ca=...] (or amqp://)"
@@ -45,6 +48,27 @@ def to_url(broker, masked=True, vhost=None, ca_file=None):
     port = broker.get("port") or default_port(broker["tls"])
     url = f"{scheme}://{auth}@{host}:{port}/{quote(vhost, safe='')}"
     return f"{url}?ca={encode_ca(ca_file)}" if ca_file else url
+
+
+def default_results_port(tls):
+    """Return the result store's port used when none is configured: 6380 with TLS."""
+    return RESULTS_PORTS["rediss" if tls else "redis"]
+
+
+def to_results_url(results, masked=True):
+    """Given the results mapping {host, port, db, tls, user, password}, return the store's
+    redis[s]://USER:PASSWORD@HOST:PORT/DB URL, the password '***' when masked."""
+    from urllib.parse import quote
+
+    user, password = results.get("user") or "", results.get("password") or ""
+    auth = ""
+    if user or password:
+        secret = "***" if masked and password else quote(password, safe="")
+        auth = quote(user, safe="") + (":" + secret if password else "") + "@"
+    scheme = "rediss" if results["tls"] else "redis"
+    host = f"[{results['host']}]" if ":" in results["host"] else results["host"]
+    port = results.get("port") or default_results_port(results["tls"])
+    return f"{scheme}://{auth}{host}:{port}/{results.get('db') or 0}"
 
 
 def mask_url(text):
@@ -177,29 +201,42 @@ def load(path):
     return read_credentials(path)
 
 
-def render(broker):
-    """Given a broker mapping, return the credentials file's text: comment lines, then JSON
-    (which is YAML too, and which celery-submit reads without importing yaml), fixed key
-    order."""
+def load_results(path):
+    """Given the credentials file path, return its results mapping (user, password; {} if
+    none), checked as load() checks the broker's. A rewrite of the file passes it to render()
+    so the store's login survives a broker password rotation."""
+    from celeryd_pkg.config import read_credentials
+
+    return read_credentials(path, "results")
+
+
+def render(broker, results=None):
+    """Given a broker mapping (and the result store's login, if any), return the credentials
+    file's text: comment lines, then JSON (which is YAML too, and which celery-submit reads
+    without importing yaml), fixed key order."""
     import json
 
-    body = {key: broker[key] for key in KEYS if broker.get(key) is not None}
+    body = {"broker": {key: broker[key] for key in KEYS if broker.get(key) is not None}}
+    login = {key: results[key] for key in RESULTS_KEYS if (results or {}).get(key) is not None}
+    if login:
+        body["results"] = login
     return ("# Broker credentials for celeryd, written by celeryd-admin (root:celery 0640).\n"
             "# Not a conffile: celeryd-admin provision, join and rotate-password rewrite it.\n"
             "# JSON, which is YAML too: edit it as either.\n"
-            + json.dumps({"broker": body}, indent=2) + "\n")
+            + json.dumps(body, indent=2) + "\n")
 
 
-def staged(path, broker, gid):
-    """Stage broker as the new credentials file at path (root:gid 0640), renamed into place
-    when the block succeeds (files.staged): act on the broker inside the block, so a failure
-    leaves the old password and the old file as a matching pair."""
-    return files.staged(path, render(broker), mode=MODE, gid=gid)
+def staged(path, broker, gid, results=None):
+    """Stage broker (and results) as the new credentials file at path (root:gid 0640),
+    renamed into place when the block succeeds (files.staged): act on the broker inside the
+    block, so a failure leaves the old password and the old file as a matching pair."""
+    return files.staged(path, render(broker, results), mode=MODE, gid=gid)
 
 
-def save(path, broker, gid):
-    """Atomically replace the credentials file at path with broker, root:gid 0640."""
-    files.replace(path, render(broker), mode=MODE, gid=gid)
+def save(path, broker, gid, results=None):
+    """Atomically replace the credentials file at path with broker (and results), root:gid
+    0640."""
+    files.replace(path, render(broker, results), mode=MODE, gid=gid)
 
 
 def remove(path):

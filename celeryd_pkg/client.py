@@ -3,15 +3,13 @@
     from celeryd_pkg.client import app
     print(app.send_task("celeryd.add", (4, 4)).get(timeout=1))
 
-No URL or password in the application: the broker, its credentials and TLS come from the one
-config loader. The app is the current app, so the operator's `@shared_task` functions imported
-after it (`from myapp.tasks import add; add.delay(4, 4)`) send through it. It imports no task
-module and no worker code, and it declares nothing: like celery-submit, it publishes to the
-queues' exchanges and takes results on RabbitMQ's direct reply-to, so a submit-only account
-(`celeryd-admin provision --role client`) is enough. Failures are celeryd's one-line errors
-with their exit codes (ConfigError, BrokerUnreachable, TlsFailed, AccessRefused, and a
-ResultTimeoutError that is also Celery's TimeoutError); a task that raised re-raises its own
-exception, as in Celery.
+No URL or password in the application: all comes from the one config loader. The app is the
+current app, so `@shared_task` functions imported after it send through it. It imports no
+worker code and declares nothing: like celery-submit, it publishes to the queues' exchanges
+and takes results on RabbitMQ's direct reply-to, or from the result store (results.backend:
+redis; `app.AsyncResult(id).get()` then finds a result another process sent), so a
+submit-only account is enough. Failures are celeryd's one-line exit-coded errors; a task that
+raised re-raises its own exception, as in Celery.
 """
 
 import socket
@@ -124,8 +122,8 @@ class ClientResult(AsyncResult):
 
 
 class ClientApp(Celery):
-    """A Celery app that sends every task on its thread's reply channel, with replies by
-    direct reply-to, and raises celeryd's exit-coded errors for broker failures."""
+    """A Celery app that sends every task on its thread's channel, results by direct reply-to
+    or from the store, and raises celeryd's exit-coded errors for broker failures."""
 
     # Used instead of result_backend's class; the setting stays the workers' rpc://.
     backend_cls = f"{__name__}:DirectReplyBackend"
@@ -135,17 +133,26 @@ class ClientApp(Celery):
         # a script's add() would become the built-in celeryd.add.
         super().__init__(None, set_as_current=True, **kwargs)
         self.celeryd_config = config
+        self.direct_reply = config.results.backend != "redis"
+        if not self.direct_reply:
+            from celeryd_pkg.store import Publisher
+
+            self.backend_cls = None  # Celery's redis backend, from result_backend
+            self.store_publisher = Publisher(self)
 
     @property
-    def thread_oid(self):
-        """The reply_to Celery gives every task (send_task, delay, canvas)."""
-        return DIRECT_REPLY_TO
+    def thread_oid(self):  # the reply_to Celery gives every task (send_task, delay, canvas)
+        return DIRECT_REPLY_TO if self.direct_reply else super().thread_oid
+
+    @property
+    def publisher(self):  # what holds this thread's channel for sending tasks
+        return self.backend if self.direct_reply else self.store_publisher
 
     def producer_or_acquire(self, producer=None):
-        """Context giving producer, else one on this thread's reply channel (connected when
-        it first publishes, so an eager task never connects)."""
+        """Context giving producer, else one on this thread's channel (connected when it
+        first publishes, so an eager task never connects)."""
         if producer is None:
-            channel = ChannelPromise(self.backend.reply_channel)
+            channel = ChannelPromise(self.publisher.reply_channel)
             producer = QueueExchangeProducer(channel, auto_declare=False)
         return nullcontext(producer)
 
@@ -153,21 +160,25 @@ class ClientApp(Celery):
         """Celery's send_task. Raise BrokerUnreachable, TlsFailed or AccessRefused (one line,
         password masked) when the broker cannot take the task."""
         for may_retry in (True, False):
-            # A reply channel from before (the broker restarted since) gets one retry.
-            stale = self.backend.result_consumer._consumer is not None
+            # A channel from before (the broker restarted since) gets one retry.
+            stale = (self.backend.result_consumer._consumer is not None if self.direct_reply
+                     else self.store_publisher.connection is not None)
             try:
                 return super().send_task(*args, **kwargs)
             except Exception as error:
                 if isinstance(error, CelerydError) or not _from_the_broker(error):
                     raise
-                self.backend.forget_channel()
+                self.publisher.forget_channel()
                 if not (may_retry and stale):
                     raise self.broker_error(error) from None
 
     def broker_error(self, error):
-        """Return the CelerydError that explains a broker error (kombu's wrapper unwrapped)."""
-        from celeryd_pkg import broker
+        """Return the CelerydError that explains a broker error (kombu's wrapper unwrapped)
+        or a result store's."""
+        from celeryd_pkg import broker, store
 
+        if _from_the_store(error):  # python3-redis's: the result store's
+            return store.translate(error, self.celeryd_config)
         return broker.translate(_root_cause(error), self.celeryd_config)
 
     @cached_property
@@ -194,6 +205,8 @@ def load_app(config_path=None):
         # send_task retries on a new reply channel itself: Celery's retry would publish on
         # a channel that consumes no replies.
         task_publish_retry=False,
+        result_backend_always_retry=False,  # a client waits for the store seconds, not forever
+        result_backend_transport_options={"retry_policy": {"max_retries": 2}},
     )
     client = ClientApp(config)
     client.conf.update(settings)
@@ -205,15 +218,17 @@ def load_app(config_path=None):
 
 def submit_many(tasks, wait=True, timeout=None, queue=None, window=None):
     """Given an iterable of tasks (`add.s(4, 4)`, {"task": "add", "args": [4, 4]} or
-    ("add", [4, 4], {}), as celery-submit --batch reads them), publish them pipelined and
-    confirmed on one connection and yield a celeryd_pkg.batch.Outcome for each as it
-    completes (index, id, state, result, error); without wait, state SENT once stored, in
-    order. A list or tuple is checked whole before anything is sent, any other iterable item
-    by item: a bad item raises UsageError naming its index. timeout (default client.timeout)
-    bounds the silence of the broker, not each task."""
+    ("add", [4, 4], {}), as --batch reads them), publish them pipelined and confirmed on one
+    connection and yield a batch.Outcome (index, id, state, result, error) for each as it
+    completes; without wait, state SENT once stored, in order. A list or tuple is checked
+    whole before anything is sent, other iterables item by item: a bad item raises UsageError
+    naming its index. timeout (default client.timeout) bounds the broker's silence."""
     from celeryd_pkg.pipeline import WINDOW, Pipeline
 
     config = _the_app().celeryd_config
+    if wait and config.results.backend == "redis":
+        raise ConfigError("celeryd: submit_many waits on direct reply-to, not in the result "
+                          "store (results.backend: redis): pass wait=False, then look up ids")
     default_queue = queue or config.client.queue
     checked = _checked_tasks(tasks, default_queue)
     pipeline = Pipeline(config, wait=wait, timeout=timeout, window=window or WINDOW)
@@ -246,12 +261,17 @@ def _the_app():
 
 
 def _from_the_broker(error):
-    """Whether error is a connection, channel or socket failure (not the application's)."""
+    """Whether error is a connection, channel or socket failure (not the application's), or
+    the result store's."""
     import amqp
     import kombu.exceptions
 
-    return isinstance(error, kombu.exceptions.OperationalError) or isinstance(
-        _root_cause(error), (amqp.exceptions.AMQPError, OSError))
+    return _from_the_store(error) or isinstance(error, kombu.exceptions.OperationalError) or (
+        isinstance(_root_cause(error), (amqp.exceptions.AMQPError, OSError)))
+
+
+def _from_the_store(error):
+    return type(error).__module__.startswith("redis.")
 
 
 def _root_cause(error):

@@ -16,8 +16,8 @@ DEFAULT_CONFIG = "/etc/celeryd/celeryd.yaml"
 ENV_PREFIX = "CELERYD_"
 # Environment variables that steer the loader itself rather than set a key.
 LOADER_ENV = {"CELERYD_CONFIG", "CELERYD_ROOT"}
-# The credentials file may set only the broker account's keys.
-CREDENTIAL_KEYS = {"broker": set(account.KEYS)}
+# The credentials file may set only the broker account's keys and the result store's login.
+CREDENTIAL_KEYS = {"broker": set(account.KEYS), "results": set(account.RESULTS_KEYS)}
 LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "ip6-localhost"}
 # The errors Path.exists() and Path.is_dir() take to mean "not there" (others are raised).
 MISSING_ERRNOS = (errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP)
@@ -71,6 +71,11 @@ class Config:
         """Return the broker's AMQP URL (of another vhost if given); the password is '***'
         unless masked is False."""
         return account.to_url(self.broker.as_dict(), masked, vhost)
+
+    def results_url(self, masked=True):
+        """Return the result store's redis[s]:// URL; the password is '***' unless masked is
+        False (then it belongs in memory only: Celery's settings, a redis client)."""
+        return account.to_results_url(self.results.as_dict(), masked)
 
     def plain_remote_warning(self):
         """Return a warning when the password and tasks would cross the network in clear
@@ -189,19 +194,31 @@ def load(config_file=None, overrides=None, env=os.environ, instance=None,
         if bool(broker["cert_file"]) != bool(broker["key_file"]):
             raise ConfigError("celeryd: broker.cert_file and broker.key_file: set both or "
                               "neither")
+    _resolve_results(values["results"], broker)
 
     parsecache.save()
     return Config({s: Section(s, values[s]) for s in SCHEMA}, sources)
 
 
-def read_credentials(path):
-    """Return the broker keys the credentials file at path sets ({} if there is none),
-    validated as load() validates them. Raise ConfigError as load() does."""
+def _resolve_results(results, broker):
+    """The store follows the broker unless told otherwise: its host, its TLS; the port is
+    redis-server's (6380 with TLS)."""
+    if results["tls"] is None:
+        results["tls"] = broker["tls"]
+    if results["host"] is None:
+        results["host"] = broker["host"]
+    if results["port"] is None:
+        results["port"] = account.default_results_port(results["tls"])
+
+
+def read_credentials(path, section="broker"):
+    """Return the keys of section (broker, or results) the credentials file at path sets ({}
+    if there is none), validated as load() validates them. Raise ConfigError as load() does."""
     if not _stat(path):
         return {}
-    values = {section: {} for section in SCHEMA}
+    values = {name: {} for name in SCHEMA}
     apply_file(values, path, [], allowed=CREDENTIAL_KEYS)
-    return values["broker"]
+    return values[section]
 
 
 def _env_key(name):

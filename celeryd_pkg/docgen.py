@@ -80,7 +80,8 @@ def render_yaml():
         f"# The broker login belongs in /etc/celeryd/credentials (root:celery {account.MODE:04o}), "
         "not here:",
         "# `celeryd-admin provision` or `celeryd-admin join` writes it, and it may set only",
-        *textwrap.wrap(f"broker.{logins}.", WIDTH, initial_indent="# ",
+        *textwrap.wrap(f"broker.{logins} (and the result store's login, results.user and "
+                       f"results.password).", WIDTH, initial_indent="# ",
                        subsequent_indent="# "),
         "# Unknown keys and wrong types are errors: the worker refuses to start and names them.",
         "# After editing, apply with: systemctl reload celery-worker (and celery-worker@NAME).",

@@ -139,6 +139,9 @@ class Pipeline:
         task_id = str(uuid.uuid4())
         body, properties = build_message(task.name, task.args, task.kwargs, task_id,
                                          REPLY_TO if self.wait else None, task.countdown)
+        if self.config.results.backend == "redis":
+            # No reply-to, but the worker stores the result for `celery-submit result`.
+            properties["application_headers"]["ignore_result"] = False
         if not self._pending:
             self._last_news = time.monotonic()  # silence counts from the first in flight
         entry = _Entry(index, task_id)

@@ -67,6 +67,15 @@ def check_listen(value):
     return None
 
 
+RESULT_BACKENDS = ("rpc", "redis")
+
+
+def check_backend(value):
+    """A results.backend value: one of RESULT_BACKENDS."""
+    return None if value in RESULT_BACKENDS else (
+        f"{value!r} is not one of {', '.join(RESULT_BACKENDS)}")
+
+
 SCHEMA = {
     "broker": {
         "host": Key(str, "localhost", "RabbitMQ host name or address."),
@@ -163,7 +172,23 @@ SCHEMA = {
         ),
     },
     "results": {
+        "backend": Key(
+            str, "rpc", "Where results go: rpc (straight back to the waiting client, nothing "
+            "stored) or redis (kept results.expires seconds, so `celery-submit result ID` finds "
+            "them later, from any client host).", check=check_backend,
+        ),
         "expires": Key(int, 86400, "Seconds a result is kept for the client.", minimum=1),
+        "host": Key(str, None, "Result store (redis-server) host (default: broker.host).",
+                    optional=True),
+        "port": Key(int, None, "Result store port (default 6380 with TLS, 6379 without).",
+                    optional=True, minimum=1),
+        "db": Key(int, 0, "Redis database number of the results.", minimum=0),
+        "tls": Key(bool, None, "Connect to the store with TLS, verified with broker.ca_file "
+                   "and broker.verify (default: broker.tls).", optional=True),
+        "user": Key(str, None, "Result store (Redis ACL) user; belongs in "
+                    "/etc/celeryd/credentials.", optional=True),
+        "password": Key(str, None, "Result store password; belongs in /etc/celeryd/credentials.",
+                        optional=True),
     },
     "client": {
         "timeout": Key(int, 30, "Seconds celery-submit waits for a result.", minimum=0),

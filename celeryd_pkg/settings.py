@@ -9,7 +9,8 @@ from kombu import Exchange, Queue
 
 from celeryd_pkg.broker import ssl_options
 
-__all__ = ["celery_settings", "task_queues", "lazy_app"]
+__all__ = ["celery_settings", "result_settings", "task_queues", "lazy_app",
+           "RetryingRedisBackend"]
 
 
 def task_queues(config):
@@ -33,8 +34,7 @@ def celery_settings(config):
         broker_connection_max_retries=None,
         # Every publish waits for the broker's confirm: a task accepted is a task stored.
         broker_transport_options={"confirm_publish": True},
-        result_backend="rpc://",
-        result_persistent=True,
+        **result_settings(config),
         result_expires=config.results.expires,
         task_serializer="json",
         result_serializer="json",
@@ -60,6 +60,36 @@ def celery_settings(config):
     )
 
 
+def result_settings(config):
+    """Given a Config, return the result backend's settings: rpc (replies straight to the
+    waiting client, nothing stored), or the Redis store of results.* (kept results.expires
+    seconds, for any client to look up later)."""
+    if config.results.backend != "redis":
+        return dict(result_backend="rpc://", result_persistent=True)
+    settings = dict(
+        result_backend=f"{__name__}:RetryingRedisBackend+{config.results_url(masked=False)}",
+        # A worker waits out a store restart instead of losing the result it holds, however
+        # long: each operation retries (always_retry), and so does the write itself (its
+        # retry policy, 20 tries by default), a try every 5 s at most.
+        result_backend_always_retry=True,
+        result_backend_transport_options={"retry_policy": {"max_retries": None,
+                                                           "interval_max": 5}},
+        result_extended=False,
+        redis_socket_connect_timeout=config.broker.connect_timeout,
+    )
+    if config.results.tls:
+        import ssl
+
+        # The broker's CA and verification: tls-setup made one CA for both.
+        verify = config.broker.verify
+        use_ssl = {"ssl_cert_reqs": ssl.CERT_REQUIRED if verify else ssl.CERT_NONE,
+                   "ssl_check_hostname": verify}
+        if config.broker.ca_file:
+            use_ssl["ssl_ca_certs"] = config.broker.ca_file
+        settings["redis_backend_use_ssl"] = use_ssl
+    return settings
+
+
 def lazy_app(module_globals, build):
     """Return a module __getattr__ that builds the module's `app` with build() on first use
     (`celery -A MODULE` and `from MODULE import app` look it up) and keeps it."""
@@ -69,3 +99,41 @@ def lazy_app(module_globals, build):
         module_globals["app"] = build()
         return module_globals["app"]
     return __getattr__
+
+
+RetryingRedisBackend: type  # declared for __all__; __getattr__ makes it on first use
+
+
+def __getattr__(name):
+    """RetryingRedisBackend, made on first use (Celery finds it by result_backend's name):
+    importing settings costs no import of Celery's redis backend."""
+    if name != "RetryingRedisBackend":
+        raise AttributeError(name)
+    from celery.backends.redis import RedisBackend
+    from celery.utils.log import get_logger
+
+    logger = get_logger(__name__)
+
+    class RetryingRedisBackend(RedisBackend):
+        """Celery's redis backend that retries a store that is down (Celery 5.2's retries
+        nothing under result_backend_always_retry: the result of a task that ended then was
+        lost), but not a refused login: that needs the operator."""
+
+        warned = 0.0
+
+        def exception_safe_to_retry(self, exc):
+            import time
+
+            import redis.exceptions
+
+            if isinstance(exc, redis.exceptions.AuthenticationError) or not isinstance(
+                    exc, self.connection_errors):
+                return False
+            if time.monotonic() - self.warned > 10:  # a line per 10 s, not per try
+                self.warned = time.monotonic()
+                logger.warning("Result store unreachable (%s); retrying, the result is kept "
+                               "until it is back", exc)
+            return True
+
+    globals()[name] = RetryingRedisBackend
+    return RetryingRedisBackend

@@ -9,9 +9,10 @@ import time
 import uuid
 
 from celeryd_pkg.errors import (
-    CelerydError, ResultTimeout, TaskFailed, UsageError, report,
+    CelerydError, ConfigError, ResultTimeout, TaskFailed, UsageError, report,
 )
 from celeryd_pkg.protocol import READY_STATES, REPLY_TO, build_message
+from celeryd_pkg.store import timeout_error
 
 __all__ = ["main", "parse_args", "parse_value", "task_name", "build_message"]
 
@@ -21,7 +22,7 @@ class Parser(argparse.ArgumentParser):
         super().__init__(formatter_class=Formatter, **options)
 
     def error(self, message):
-        raise UsageError(f"celery-submit: {message} (see celery-submit --help)")
+        raise UsageError(f"celery-submit: {message} (see {self.prog} --help)")
 
 
 class Formatter(argparse.HelpFormatter):
@@ -46,7 +47,8 @@ def parse_args(argv):
     broker I/O."""
     parser = Parser(
         prog="celery-submit",
-        description="Send a task to the celeryd workers and print its result.",
+        description="Send a task to the celeryd workers and print its result; "
+                    "`celery-submit result ID ...` prints stored results (see --help there).",
         epilog="Exit codes: 0 success, 1 the task raised, 2 bad arguments, 3 bad config, "
                "4 broker unreachable, 5 broker refused access, 6 timeout waiting for the result.")
     parser.add_argument("task", nargs="?",
@@ -124,8 +126,9 @@ def parse_value(text):
 
 
 def submit(config, args):
-    """Publish the task (confirmed, mandatory) and, unless --no-wait, wait for its result.
-    Return a dict with id, state, result and runtime."""
+    """Publish the task (confirmed, mandatory) and, unless --no-wait, wait for its result: by
+    direct reply-to, or in the result store (results.backend: redis). Return a dict with id,
+    state, result and runtime."""
     import amqp
 
     from celeryd_pkg import broker
@@ -133,16 +136,26 @@ def submit(config, args):
     task_id = str(uuid.uuid4())
     timeout = config.client.timeout if args.timeout is None else args.timeout
     queue = args.queue or config.client.queue
-    connection = broker.connect(config)
+    stored = config.results.backend == "redis"
+    direct = not (args.no_wait or stored)
+    waiter = connection = None
     replies = []
     returned = []
     try:
+        if stored and not args.no_wait:
+            from celeryd_pkg.store import Waiter
+
+            # Subscribed before the task exists: its result cannot slip by.
+            waiter = Waiter(config, [task_id])
+        connection = broker.connect(config)
         channel = connection.channel()
-        if not args.no_wait:
+        if direct:
             channel.basic_consume(REPLY_TO, no_ack=True, callback=replies.append)
         channel.events["basic_return"].add(lambda *returned_args: returned.append(True))
         body, properties = build_message(args.task, args.args, args.kwargs, task_id,
-                                         None if args.no_wait else REPLY_TO, args.countdown)
+                                         REPLY_TO if direct else None, args.countdown)
+        if stored:  # kept in the store even when nobody waits: `celery-submit result ID`
+            properties["application_headers"]["ignore_result"] = False
         started = time.monotonic()
         # To the queue's own exchange (as the workers declare it), not the default one: a
         # submit-only account may write to task exchanges but not into the workers' control
@@ -157,18 +170,27 @@ def submit(config, args):
             raise broker.missing_queue(queue, config)
         if args.no_wait:
             return {"id": task_id, "state": "PENDING", "result": None, "runtime": None}
-        reply = _wait_for_result(connection, replies, task_id, started, timeout)
+        if waiter is not None:
+            found = waiter.results(started + timeout - time.monotonic())
+            if task_id not in found:
+                raise timeout_error(config, task_id, timeout)
+            reply = found[task_id]
+        else:
+            reply = _wait_for_result(config, connection, replies, task_id, started, timeout)
     except CelerydError:
         raise
     except Exception as error:  # noqa: BLE001 - translated, never shown as a traceback
         raise broker.translate(error, config) from None
     finally:
-        broker.close(connection)
+        if waiter is not None:
+            waiter.close()
+        if connection is not None:
+            broker.close(connection)
     return {"id": task_id, "state": reply.get("status"), "result": reply.get("result"),
             "runtime": round(time.monotonic() - started, 6)}
 
 
-def _wait_for_result(connection, replies, task_id, started, timeout):
+def _wait_for_result(config, connection, replies, task_id, started, timeout):
     deadline = started + timeout
     while True:
         for message in replies:
@@ -179,10 +201,7 @@ def _wait_for_result(connection, replies, task_id, started, timeout):
         replies.clear()
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            error = ResultTimeout(f"celery-submit: no result for task {task_id} within "
-                                  f"{timeout:g}s (is a worker running? celeryd-admin check)")
-            error.task_id = task_id
-            raise error
+            raise timeout_error(config, task_id, timeout)
         try:
             connection.drain_events(timeout=remaining)
         except socket.timeout:
@@ -197,12 +216,14 @@ def format_result(outcome, as_json):
 
 
 def failure_message(task, outcome):
+    """The line of a task that raised; task None: its name is not known (a stored result)."""
     error = outcome["result"] if isinstance(outcome["result"], dict) else {}
     exc_type = error.get("exc_type", outcome["state"])
     message = error.get("exc_message", "")
     if isinstance(message, list):
         message = ", ".join(str(part) for part in message)
-    return f"celery-submit: task {task} [{outcome['id']}] raised {exc_type}: {message}"
+    task = f"{task} [{outcome['id']}]" if task else outcome["id"]
+    return f"celery-submit: task {task} raised {exc_type}: {message}"
 
 
 def main(argv=None):
@@ -225,14 +246,23 @@ def _exit(code):
 
 def _main(argv):
     try:
-        args = parse_args(argv)
-        from celeryd_pkg import config
+        from celeryd_pkg import config, lookup
+
+        looking_up = lookup.is_lookup(argv)
+        args = lookup.parse_args(argv, Parser) if looking_up else parse_args(argv)
 
         settings = config.load(args.config)
         warning = settings.plain_remote_warning()
         if warning:
             print(warning, file=sys.stderr)
+        if looking_up:
+            return lookup.run(settings, args, format_result, failure_message)
         if args.batch is not None:
+            if settings.results.backend == "redis" and not args.no_wait:
+                raise ConfigError(
+                    "celery-submit: --batch waits on direct reply-to, not in the result store "
+                    "(results.backend: redis): add --no-wait and look the ids up with "
+                    "celery-submit result ID ...")
             from celeryd_pkg import batch
 
             return batch.run(settings, args)

@@ -1,5 +1,5 @@
-"""celeryd-admin check: config, what tasks may reach, DNS, TCP, AMQP login, vhost and live
-workers, one line each.
+"""celeryd-admin check: config, what tasks may reach, DNS, TCP, AMQP login, vhost, the result
+store's login (with results.backend: redis) and live workers, one line each.
 
 No task code is imported: the workers are named through the control-only app.
 """
@@ -50,7 +50,7 @@ def diagnose(config_file=None, env=os.environ, ping_timeout=PING_TIMEOUT):
     """Given the config file (or None for the default) and environment, yield one Result per
     step in STEPS; after the first FAIL the remaining steps are SKIPs."""
     state = {"config_file": config_file, "env": env, "ping_timeout": ping_timeout}
-    steps = [_config, _dns, _tcp, _login, _workers]
+    steps = [_config, _dns, _tcp, _login, _store, _workers]
     done = []
     for step in steps:
         try:
@@ -60,16 +60,25 @@ def diagnose(config_file=None, env=os.environ, ping_timeout=PING_TIMEOUT):
         for result in results:
             done.append(result.name)
             yield result
-        if results[-1].status == "FAIL":
+        if results and results[-1].status == "FAIL":
             break
-    for name in STEPS:
+    for name in _names(state):
         if name not in done:
             yield Result("SKIP", name, "not checked after the failure above")
 
 
+def _names(state):
+    """STEPS, with the result store's step before the workers' when results are stored."""
+    settings = state.get("config")
+    if settings is None or settings.results.backend != "redis":
+        return STEPS
+    return STEPS[:-1] + ("store",) + STEPS[-1:]
+
+
 def run(config_file=None, env=os.environ, out=print, ping_timeout=PING_TIMEOUT):
     """Print every step's line with out; return 0 if all are OK, else the exit code of the
-    first failure (3 config, 4 DNS/TCP, 5 login/vhost, 1 no live workers)."""
+    first failure (3 config, 4 DNS/TCP/store unreachable, 5 login/vhost/store login refused,
+    1 no live workers)."""
     code = 0
     for result in diagnose(config_file, env, ping_timeout):
         out(result.line())
@@ -186,6 +195,44 @@ def _login(state):
             Result("OK", "vhost", f"vhost '{b.vhost}' is open to user '{b.user}'")]
 
 
+def _store(state):
+    """The result store's login (results.backend: redis): AUTH and PING, which every
+    account's ACL allows, with the login and TLS settings celery-submit uses."""
+    settings = state["config"]
+    if settings.results.backend != "redis":
+        return []
+    from celeryd_pkg import store
+
+    results, url = settings.results, settings.results_url()
+    try:
+        import redis
+
+        client = redis.Redis(**store.connection_options(settings))
+        try:
+            client.ping()
+        finally:
+            client.close()
+    except Exception as error:  # noqa: BLE001 - translated, never a traceback
+        _close(state.pop("connection", None))
+        if isinstance(error, ImportError):
+            raise _Failed(_fail("store", "python3-redis is not installed",
+                                "apt install python3-redis", 3)) from None
+        translated = store.translate(error, settings)
+        hint = ("give this host its store login: celeryd-admin store-setup on the store host"
+                if not results.password else "see the message; celeryd-admin check again "
+                "once fixed (celeryd-admin store-setup on the store host sets it up)")
+        raise _Failed(_fail("store", translated.message, hint, translated.exit_code)) from None
+    return [Result("OK", "store", f"logged in at {url}")]
+
+
+def _close(connection):
+    try:
+        if connection is not None:
+            connection.close()
+    except Exception:  # noqa: BLE001 - closing is best effort
+        pass
+
+
 def _workers(state):
     """Workers are the consumers of client.queue: counted with a passive declare, which any
     account may do (a submit-only client too), and named where the account may ask them."""
@@ -205,10 +252,7 @@ def _workers(state):
         raise _Failed(_fail("workers", translated.message, "celeryd-admin check again",
                             translated.exit_code)) from None
     finally:
-        try:
-            connection.close()
-        except Exception:  # noqa: BLE001 - closing is best effort
-            pass
+        _close(connection)
     if not consumers:
         what = "no worker consumes" if consumers == 0 else "no worker has ever declared"
         return [_fail("workers", f"{what} queue '{queue}' on vhost '{settings.broker.vhost}'",
@@ -242,5 +286,6 @@ def action_check(args):
 
 COMMANDS = (
     Command("check", "diagnose config, what tasks may reach, DNS, TCP, AMQP login, vhost "
-                     "permissions and live workers", action_check, config_option),
+                     "permissions, the result store's login and live workers", action_check,
+            config_option),
 )

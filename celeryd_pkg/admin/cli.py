@@ -39,10 +39,13 @@ def defer_option(parser):
 
 def commands():
     """Return every Command, in the order --help lists them."""
-    from celeryd_pkg.admin import check, control, dead, join, provision, status, tls, trace
+    from celeryd_pkg.admin import (
+        check, control, dead, join, provision, status, storesetup, tls, trace,
+    )
 
-    return (*provision.COMMANDS, *tls.COMMANDS, *join.COMMANDS, *control.COMMANDS,
-            *check.COMMANDS, *status.COMMANDS, *dead.COMMANDS, *trace.COMMANDS)
+    return (*provision.COMMANDS, *tls.COMMANDS, *storesetup.COMMANDS, *join.COMMANDS,
+            *control.COMMANDS, *check.COMMANDS, *status.COMMANDS, *dead.COMMANDS,
+            *trace.COMMANDS)
 
 
 def parse_args(argv):
@@ -53,8 +56,9 @@ def parse_args(argv):
         description="Provision, join and check the broker account of the celeryd workers.",
         epilog="Exit codes: 0 success, 1 no live workers, status DEGRADED, rabbitmqctl or "
                "journalctl failed, or a traced task has no journal entry, 2 bad arguments, "
-               "3 bad config, missing group or no journalctl, 4 broker unreachable, 5 broker "
-               "refused access, 6 journalctl timed out.")
+               "3 bad config, missing group, no journalctl or no redis-server, 4 broker or "
+               "result store unreachable, 5 broker or result store refused access, 6 journalctl "
+               "timed out.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in commands():
         sub = subparsers.add_parser(command.name, help=command.help, description=command.help)

@@ -87,7 +87,7 @@ def action_join(args):
     if ca_pem:
         broker["ca_file"] = str(main_file.parent / "broker-ca.pem")
         files.replace(broker["ca_file"], ca_pem)
-    account.save(path, broker, gid)
+    account.save(path, broker, gid, results=account.load_results(path))
     print(f"joined {account.to_url(broker)}; check with: celeryd-admin check")
     return 0
 

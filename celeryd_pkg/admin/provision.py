@@ -59,7 +59,8 @@ def _provision(ctl, path, user, vhost, gid, rotate):
     if rotate or not password:
         # Temp file first, then the broker, then the rename: a failure leaves a matching pair.
         fresh = new_password()
-        with account.staged(path, {"vhost": vhost, "user": user, "password": fresh}, gid):
+        with account.staged(path, {"vhost": vhost, "user": user, "password": fresh}, gid,
+                            results=account.load_results(path)):
             if exists:
                 ctl.change_password(user, fresh)
             else:
@@ -75,7 +76,8 @@ def _provision(ctl, path, user, vhost, gid, rotate):
         changes.append(f"reset the password of user {user} to the one in {path}")
     elif stored.get("vhost", vhost) != vhost:
         # Same password, another vhost: the workers must follow the file to the new one.
-        account.save(path, {**stored, "vhost": vhost, "user": user}, gid)
+        account.save(path, {**stored, "vhost": vhost, "user": user}, gid,
+                     results=account.load_results(path))
         changes.append(f"wrote vhost {vhost} to {path}")
     if granted != FULL:
         ctl.set_permissions(vhost, user)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from celeryd_pkg import account as celeryd_account
-from tests.integration.broker import RabbitMQ
+from tests.integration.broker import RabbitMQ, free_port, wait_for_port
 
 REPO = Path(__file__).resolve().parents[2]
 # Debian's python3 by default; another interpreter (say a venv with a newer Celery) on request.
@@ -44,6 +44,68 @@ def vhost_account(rabbitmq, name):
 def account(rabbitmq):
     """The tests' shared account."""
     return vhost_account(rabbitmq, "celeryd-test")
+
+
+class RedisServer:
+    """A private redis-server on loopback (a free port, its own --dir), for results.backend
+    redis. The default user has no password here: the ACL accounts are proven in
+    test_store_acl.py. stop() and start() again keep the port and the directory. tls_dir: a
+    directory with ca.pem, server.pem and server.key (as tls-setup writes them): TLS only,
+    on port."""
+
+    def __init__(self, base, tls_dir=None):
+        self.base = Path(base)
+        self.base.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.tls_dir = tls_dir
+        self.process = None
+
+    def start(self, appendonly=False):
+        listen = ["--port", str(self.port)]
+        if self.tls_dir:
+            listen = ["--port", "0", "--tls-port", str(self.port), "--tls-auth-clients", "no",
+                      "--tls-cert-file", f"{self.tls_dir}/server.pem",
+                      "--tls-key-file", f"{self.tls_dir}/server.key",
+                      "--tls-ca-cert-file", f"{self.tls_dir}/ca.pem"]
+        log = open(self.base / "redis.log", "ab")
+        self.process = subprocess.Popen(
+            ["/usr/bin/redis-server", *listen, "--bind", "127.0.0.1", "--dir", str(self.base),
+             "--save", "", "--appendonly", "yes" if appendonly else "no", "--daemonize", "no"],
+            stdout=log, stderr=subprocess.STDOUT, cwd=str(self.base))
+        log.close()
+        wait_for_port(self.port)
+        return self
+
+    def client(self):
+        import redis
+
+        return redis.Redis(host="127.0.0.1", port=self.port)
+
+    def stop(self):
+        """SIGTERM: redis-server shuts down cleanly (with --save "" it writes nothing: call
+        client().save() first to keep the data)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def results_config(self):
+        """The celeryd.yaml lines that store results here."""
+        return f"results:\n  backend: redis\n  host: 127.0.0.1\n  port: {self.port}\n"
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory):
+    """A private redis-server for one test module (a test may stop and start it again)."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    try:
+        yield server.start()
+    finally:
+        server.stop()
 
 
 def write_config(directory, rabbitmq, account, extra=""):

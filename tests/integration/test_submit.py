@@ -168,7 +168,10 @@ def test_exit_6_on_timeout_printing_the_task_id(shared_worker):
     task_id = result.stdout.strip()
     assert UUID.match(task_id)
     assert result.stderr == (f"celery-submit: no result for task {task_id} within 0.5s "
-                             f"(is a worker running? celeryd-admin check)\n")
+                             f"(is a worker running? celeryd-admin check); results are not "
+                             f"stored (results.backend: rpc); set results.backend: redis to "
+                             f"look results up later (README, 'Results you can come back "
+                             f"to')\n")
 
 
 def test_password_from_the_environment_works_and_is_never_printed(tmp_path, rabbitmq, account,

@@ -242,3 +242,30 @@ def test_locked_lets_one_provision_at_a_time(creds_path):
         order.append("first done")
     thread.join(5)
     assert order == ["first done", "second"]
+
+
+@pytest.mark.parametrize("results, url", [
+    ({"host": "h", "port": 6379, "db": 0, "tls": False, "user": None, "password": None},
+     "redis://h:6379/0"),
+    ({"host": "h", "port": None, "db": 1, "tls": True, "user": "w", "password": "p:w"},
+     "rediss://w:p%3Aw@h:6380/1"),
+    ({"host": "h", "port": 7, "db": 0, "tls": False, "user": None, "password": "pw"},
+     "redis://:pw@h:7/0"),
+])
+def test_results_url_carries_the_login_only_when_unmasked(results, url):
+    assert account.to_results_url(results, masked=False) == url
+    masked = account.to_results_url(results)
+    assert (results["password"] or "@@") not in masked
+    assert masked == url.replace("p%3Aw", "***").replace(":pw@", ":***@")
+
+
+def test_credentials_file_keeps_the_result_stores_login(creds_path):
+    creds_path.parent.mkdir(parents=True)
+    broker = {"host": "h", "port": 5672, "vhost": "v", "user": "u", "password": "bp",
+              "tls": False}
+    account.save(creds_path, broker, os.getgid(), results={"user": "ru", "password": "rp"})
+    assert account.load(creds_path)["password"] == "bp"
+    assert account.load_results(creds_path) == {"user": "ru", "password": "rp"}
+    account.save(creds_path, broker, os.getgid())
+    assert account.load_results(creds_path) == {}
+    assert "results" not in creds_path.read_text()

@@ -187,9 +187,51 @@ def test_empty_file_and_empty_section_are_fine(etc):
 def test_credentials_file_may_only_set_broker_login_keys(etc):
     path = write(etc / "credentials", "worker:\n  concurrency: 9\n")
     assert error_of(etc) == (f"celeryd: {path}: line 1: unknown section 'worker' "
-                             f"(expected one of broker)")
+                             f"(expected one of broker, results)")
     write(etc / "credentials", "broker:\n  heartbeat: 9\n")
     assert "unknown key 'broker.heartbeat' (not allowed in this file)" in error_of(etc)
+    write(etc / "credentials", "results:\n  host: elsewhere\n")
+    assert "unknown key 'results.host' (not allowed in this file)" in error_of(etc)
+
+
+def test_credentials_file_carries_the_result_stores_login(etc):
+    path = write(etc / "credentials", "broker:\n  password: pw\nresults:\n  user: worker-web1\n"
+                                      "  password: 's3cr@t/'\n")
+    loaded = load(etc)
+    assert (loaded.results.user, loaded.results.password) == ("worker-web1", "s3cr@t/")
+    assert module.read_credentials(path, "results") == {"user": "worker-web1",
+                                                        "password": "s3cr@t/"}
+    assert "s3cr@t" not in repr(loaded.results)
+
+
+def test_the_result_store_follows_the_broker_unless_told(etc):
+    loaded = load(etc)
+    assert (loaded.results.backend, loaded.results.host, loaded.results.port,
+            loaded.results.tls, loaded.results.db) == ("rpc", "localhost", 6379, False, 0)
+    write(etc / "celeryd.yaml", "broker:\n  host: mq.example.org\n  tls: true\n")
+    loaded = load(etc)
+    assert (loaded.results.host, loaded.results.port, loaded.results.tls) == (
+        "mq.example.org", 6380, True)
+    write(etc / "celeryd.yaml", "broker:\n  tls: true\nresults:\n  host: store\n  tls: false\n")
+    loaded = load(etc, env={"CELERYD_RESULTS_PORT": "7000", "CELERYD_RESULTS_DB": "2"})
+    assert (loaded.results.host, loaded.results.port, loaded.results.tls, loaded.results.db) == (
+        "store", 7000, False, 2)
+
+
+def test_results_backend_is_rpc_or_redis_named_in_the_error(etc):
+    path = write(etc / "celeryd.yaml", "results:\n  backend: memcached\n")
+    assert error_of(etc) == (f"celeryd: {path}: line 2: results.backend: 'memcached' is not one "
+                             f"of rpc, redis")
+    write(etc / "celeryd.yaml", "")
+    assert load(etc, env={"CELERYD_RESULTS_BACKEND": "redis"}).results.backend == "redis"
+
+
+def test_results_url_masks_the_password_unless_asked(etc):
+    write(etc / "celeryd.yaml", "results:\n  backend: redis\n  host: '::1'\n  db: 3\n")
+    write(etc / "credentials", "results:\n  user: u@x\n  password: 'p@ss/word'\n")
+    loaded = load(etc)
+    assert loaded.results_url() == "redis://u%40x:***@[::1]:6379/3"
+    assert loaded.results_url(masked=False) == "redis://u%40x:p%40ss%2Fword@[::1]:6379/3"
 
 
 def test_directory_instead_of_file_is_a_clear_error(etc):

@@ -81,7 +81,10 @@ def test_every_schema_key_appears_in_each_output_in_schema_order():
 def test_every_key_has_its_description_above_it_in_the_yaml():
     lines = module.render_yaml().splitlines()
     for section, name in ALL_KEYS:
-        key_line = next(i for i, line in enumerate(lines) if line.startswith(f"#  {name}:"))
+        # Key names repeat across sections (results.host, broker.host): look in its own.
+        start = lines.index(f"{section}:")
+        key_line = next(i for i, line in enumerate(lines)
+                        if i > start and line.startswith(f"#  {name}:"))
         assert lines[key_line - 1].startswith("  # ")
         assert SCHEMA[section][name].description.split()[-1] in lines[key_line - 1]
 

@@ -51,8 +51,9 @@ HARDENING = {
 # design.md, "Packages": binary package -> what its Depends must name (besides substvars).
 DESIGN_DEPENDS = {
     # Plus python3-prometheus-client: issue 16 (metrics, the counts of celeryd-admin status).
+    # Plus python3-redis: issue 16 part 4 (results.backend: redis, on every host).
     "python3-celeryd-pkg": {"python3-celery", "python3-kombu", "python3-prometheus-client",
-                            "python3-sdnotify", "python3-yaml"},
+                            "python3-redis", "python3-sdnotify", "python3-yaml"},
     # Plus python3-systemd: issue 16 (the worker's lines carry task fields in the journal).
     "celeryd": {"python3-celeryd-pkg", "python3-systemd"},
     "celery-submit": {"python3-celeryd-pkg"},
@@ -524,6 +525,48 @@ def test_postrm_purge_without_a_local_rabbitmq_or_a_user_celery_calls_neither(sa
 
     assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
     assert sandbox.calls() == []
+
+
+STORE_DROPIN = "etc/systemd/system/redis-server.service.d/celeryd.conf"
+
+
+@pytest.mark.parametrize("booted", [True, False], ids=["booted", "not-booted"])
+def test_postrm_purge_puts_redis_server_back_on_its_own_config_before_etc_celeryd_goes(
+        host, booted):
+    from celeryd_pkg.admin import store
+
+    for command in ("rabbitmqctl", "userdel", "groupdel", "systemctl", "deb-systemd-invoke"):
+        host.stub(command)
+    host.write(STORE_DROPIN, store.render_dropin())
+    if booted:
+        (host.root / "run" / "systemd" / "system").mkdir(parents=True)
+
+    result = host.run("celeryd.postrm", "purge")
+
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+    assert not host.exists(STORE_DROPIN)
+    assert not host.exists("etc/systemd/system/redis-server.service.d")
+    restart = ["systemctl --system daemon-reload",
+               "deb-systemd-invoke try-restart redis-server.service"] if booted else []
+    assert host.calls() == ["rabbitmqctl -q delete_user celery", *restart, "userdel celery",
+                            "groupdel celery"]
+    if booted:
+        # redis-server restarts while the files the drop-in named are still there.
+        assert host.present_at("deb-systemd-invoke") == list(Sandbox.WATCHED)
+
+
+def test_postrm_purge_leaves_a_redis_server_drop_in_that_is_not_ours(host):
+    for command in ("rabbitmqctl", "userdel", "groupdel", "systemctl", "deb-systemd-invoke"):
+        host.stub(command)
+    host.write(STORE_DROPIN, "[Service]\nLimitNOFILE=65536\n")
+    (host.root / "run" / "systemd" / "system").mkdir(parents=True)
+
+    result = host.run("celeryd.postrm", "purge")
+
+    assert (result.returncode, result.stderr) == (0, "")
+    assert host.exists(STORE_DROPIN)
+    assert host.calls() == ["rabbitmqctl -q delete_user celery", "userdel celery",
+                            "groupdel celery"]
 
 
 @pytest.mark.parametrize("action", ["remove", "upgrade"])

@@ -78,3 +78,14 @@ def test_failure_message_names_task_id_and_exception():
                "result": {"exc_type": "ZeroDivisionError", "exc_message": ["division by zero"]}}
     assert module.failure_message("celeryd.x", outcome) == (
         "celery-submit: task celeryd.x [i] raised ZeroDivisionError: division by zero")
+
+
+def test_failure_message_of_a_stored_result_names_the_id_only():
+    outcome = {"id": "i", "state": "FAILURE",
+               "result": {"exc_type": "KeyError", "exc_message": ["k"]}}
+    assert module.failure_message(None, outcome) == "celery-submit: task i raised KeyError: k"
+
+
+def test_a_task_named_result_stays_reachable_by_its_full_name():
+    args = module.parse_args(["celeryd.result", "1"])
+    assert (args.task, args.args) == ("celeryd.result", [1])

@@ -109,3 +109,142 @@ def test_check_lists_the_memory_guardrails_that_are_set_after_the_outbound_line(
     assert lines[3].startswith("FAIL dns: ")
     assert [line.split()[:2] for line in lines[4:]] == [
         ["SKIP", f"{name}:"] for name in check.STEPS[3:]]
+
+
+STORE_SECRET = "st0re-Pa55"
+
+
+def stored_results(etc, port, login=True):
+    """A config with results.backend: redis at 127.0.0.1:port (this host's login if asked)."""
+    main, creds = etc
+    main.write_text("results:\n  backend: redis\n")
+    account.save(creds, {"host": "127.0.0.1", "password": SECRET}, 0,
+                 results={"user": "celery", "password": STORE_SECRET} if login else None)
+    return main
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class FakeRedis:
+    """redis.Redis as _store uses it: ping() answers, or raises the error given."""
+
+    error = None
+    seen = []
+
+    def __init__(self, **options):
+        FakeRedis.seen.append(options)
+
+    def ping(self):
+        if FakeRedis.error is not None:
+            raise FakeRedis.error
+        return True
+
+    def close(self):
+        pass
+
+
+class FakeConnection:
+    closed = False
+
+    def close(self):
+        self.closed = True
+
+
+def broker_steps_ok(monkeypatch, connection):
+    """dns, tcp, login and vhost pass without a broker; workers report one consumer."""
+    monkeypatch.setattr(check, "_dns", lambda state: [check.Result("OK", "dns", "d")])
+    monkeypatch.setattr(check, "_tcp", lambda state: [check.Result("OK", "tcp", "t")])
+
+    def login(state):
+        state["connection"] = connection
+        return [check.Result("OK", "login", "l"), check.Result("OK", "vhost", "v")]
+
+    monkeypatch.setattr(check, "_login", login)
+    monkeypatch.setattr(check, "_workers", lambda state: [check.Result("OK", "workers", "w")])
+
+
+@pytest.fixture
+def fake_redis(monkeypatch):
+    import redis
+
+    FakeRedis.error, FakeRedis.seen = None, []
+    monkeypatch.setattr(redis, "Redis", FakeRedis)
+    return FakeRedis
+
+
+def test_check_with_results_in_redis_logs_in_to_the_store_before_the_workers_step(
+        capsys, etc, monkeypatch, fake_redis):
+    main = stored_results(etc, 6379)
+    broker_steps_ok(monkeypatch, FakeConnection())
+
+    code, out, err = run(capsys, "check", "--config", str(main))
+
+    lines = out.splitlines()
+    assert (code, err) == (0, "")
+    assert [line.split()[1] for line in lines] == [
+        "config:", "outbound:", "dns:", "tcp:", "login:", "vhost:", "store:", "workers:"]
+    assert lines[6] == "OK   store: logged in at redis://celery:***@127.0.0.1:6379/0"
+    assert STORE_SECRET not in out
+    (options,) = fake_redis.seen
+    assert (options["username"], options["password"], options["port"]) == (
+        "celery", STORE_SECRET, 6379)
+
+
+def test_check_with_the_rpc_backend_has_no_store_line(capsys, etc, monkeypatch, fake_redis):
+    main, creds = etc
+    account.save(creds, {"host": "127.0.0.1", "password": SECRET}, 0)
+    broker_steps_ok(monkeypatch, FakeConnection())
+
+    code, out, _ = run(capsys, "check", "--config", str(main))
+
+    assert code == 0 and "store" not in out and fake_redis.seen == []
+
+
+def test_check_with_the_store_down_fails_store_exit_4_and_skips_the_workers(
+        capsys, etc, monkeypatch):
+    port = free_port()  # nothing listens: the real python3-redis gets ECONNREFUSED
+    main = stored_results(etc, port)
+    main.write_text(f"results:\n  backend: redis\n  port: {port}\n")
+    connection = FakeConnection()
+    broker_steps_ok(monkeypatch, connection)
+
+    code, out, err = run(capsys, "check", "--config", str(main))
+
+    lines = out.splitlines()
+    assert (code, err) == (4, "")
+    assert lines[6].startswith(f"FAIL store: cannot reach the result store at 127.0.0.1:{port} ")
+    assert "redis://celery:***@" in lines[6] and STORE_SECRET not in out
+    assert lines[7] == "SKIP workers: not checked after the failure above"
+    assert len(lines) == 8 and connection.closed
+
+
+@pytest.mark.parametrize("login", [True, False], ids=["wrong-password", "no-login-here"])
+def test_check_with_the_store_refusing_the_login_fails_store_exit_5(
+        capsys, etc, monkeypatch, fake_redis, login):
+    import redis
+
+    main = stored_results(etc, 6379, login)
+    fake_redis.error = redis.exceptions.AuthenticationError(
+        "WRONGPASS invalid username-password pair or user is disabled.")
+    broker_steps_ok(monkeypatch, FakeConnection())
+
+    code, out, _ = run(capsys, "check", "--config", str(main))
+
+    line = out.splitlines()[6]
+    assert code == 5
+    assert line.startswith("FAIL store: the result store refused the login at redis://")
+    assert ("celeryd-admin store-setup on the store host" in line) and STORE_SECRET not in out
+    assert line.endswith("give this host its store login: celeryd-admin store-setup on the "
+                         "store host") is not login
+
+
+def test_check_with_an_invalid_config_skips_no_store_step_it_cannot_know_of(capsys, etc):
+    main, _ = etc
+    main.write_text("results:\n  backend: memcached\n")
+    code, out, _ = run(capsys, "check", "--config", str(main))
+    assert code == 3 and "results.backend" in out.splitlines()[0]
+    assert "store" not in out

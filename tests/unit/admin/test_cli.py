@@ -40,5 +40,5 @@ def test_help_lists_every_command(capsys):
     assert exit_.value.code == 0
     # The command column of the subcommand list: one name per line, whole words only.
     listed = re.findall(r"^    ([a-z][a-z-]+)", out, re.M)
-    assert listed == ["provision", "rotate-password", "deprovision", "tls-setup", "join",
-                      "drain", "resume", "check", "status", "dead", "trace"]
+    assert listed == ["provision", "rotate-password", "deprovision", "tls-setup", "store-setup",
+                      "join", "drain", "resume", "check", "status", "dead", "trace"]
