@@ -8,6 +8,7 @@ import dataclasses
 import os
 import socket
 
+from celeryd_pkg.admin import outbound
 from celeryd_pkg.admin.cli import Command, config_option
 from celeryd_pkg.errors import CelerydError
 
@@ -100,35 +101,20 @@ def _config(state):
                             error.exit_code)) from None
     state["config"] = settings
     sources = ", ".join(settings.sources) or f"built-in defaults only (no {path})"
-    results = [Result("OK", "config", f"broker {settings.broker_url()} from {sources}"),
-               Result("OK", "outbound", reach(settings))]
-    memory = memory_limits(settings.worker)
+    results = [Result("OK", "config", f"broker {settings.broker_url()} from {sources}")]
+    shut_out = outbound.store_shut_out(settings) if outbound.worker_units_installed() else []
+    if shut_out:
+        host = settings.results.host
+        raise _Failed(*results, _fail(
+            "outbound", f"the worker may not reach the result store {host} "
+            f"({', '.join(shut_out)}): not the broker, not in worker.outbound",
+            f"add {' and '.join(shut_out)} to worker.outbound, then systemctl daemon-reload "
+            f"and restart celery-worker", 3))
+    results.append(Result("OK", "outbound", outbound.reach(settings)))
+    memory = outbound.memory_limits(settings.worker)
     if memory:  # a line of its own only when set: not a step, never skipped
         results.append(Result("OK", "memory", memory))
     return results
-
-
-def reach(settings):
-    """What the worker units let tasks connect to (the drop-in celeryd-generator writes from
-    worker.outbound, beside the unit's localhost and the broker that join allowed)."""
-    outbound = sorted(set(settings.worker.outbound))
-    if "any" in outbound:
-        return "tasks may reach: any address (worker.outbound: [any])"
-    others = ", ".join(outbound) if outbound else "nothing else (set worker.outbound to allow more)"
-    return f"tasks may reach: localhost, the broker ({settings.broker.host}), and: {others}"
-
-
-def memory_limits(worker):
-    """The memory guardrails that are set, in words, or '' when none is."""
-    parts = []
-    if worker.memory_high:
-        parts.append(f"throttled above {worker.memory_high} (worker.memory_high)")
-    if worker.memory_max:
-        parts.append(f"the largest child killed above {worker.memory_max} (worker.memory_max)")
-    if worker.max_memory_per_child:
-        parts.append(f"a child above {worker.max_memory_per_child} KiB replaced once its task "
-                     f"ends (worker.max_memory_per_child)")
-    return "; ".join(parts)
 
 
 def _dns(state):

@@ -16,7 +16,7 @@ from celeryd_pkg.admin import systemctl
 from celeryd_pkg.admin.cli import Command, config_option, group_option
 from celeryd_pkg.errors import BrokerUnreachable, UsageError
 
-__all__ = ["UNITS", "DROPIN", "broker_addresses", "allow_broker", "COMMANDS"]
+__all__ = ["UNITS", "DROPIN", "broker_addresses", "installed_units", "allow_broker", "COMMANDS"]
 
 UNITS = ("celery-worker.service", "celery-worker@.service")
 DROPIN = "50-celeryd-broker.conf"
@@ -49,13 +49,17 @@ def broker_addresses(host, root="/"):
     return sorted(a for a in addresses if not ipaddress.ip_address(a.split("%")[0]).is_loopback)
 
 
+def installed_units(root="/"):
+    """The worker units installed under root (none on a host with only celery-submit)."""
+    return [unit for unit in UNITS if any((Path(root) / d / unit).exists() for d in UNIT_DIRS)]
+
+
 def allow_broker(host, root="/"):
     """Write the drop-in letting each installed worker unit reach host; reload systemd if it
     runs. Return the paths written ([] when no worker unit is installed, as on a host with
     only celery-submit)."""
     root = Path(root)
-    installed = [unit for unit in UNITS
-                 if any((root / d / unit).exists() for d in UNIT_DIRS)]
+    installed = installed_units(root)
     if not installed:
         return []
     addresses = broker_addresses(host, root)

@@ -5,7 +5,7 @@ import socket
 import pytest
 
 from celeryd_pkg import account
-from celeryd_pkg.admin import check
+from celeryd_pkg.admin import check, outbound
 from tests.unit.admin.conftest import SECRET, run
 
 
@@ -248,3 +248,65 @@ def test_check_with_an_invalid_config_skips_no_store_step_it_cannot_know_of(caps
     code, out, _ = run(capsys, "check", "--config", str(main))
     assert code == 3 and "results.backend" in out.splitlines()[0]
     assert "store" not in out
+
+
+@pytest.mark.parametrize("config_yaml, units, shut_out", [
+    ("results:\n  backend: redis\n  host: store.example\n", True, True),
+    ("results:\n  backend: redis\n  host: store.example\nworker:\n  outbound: [192.0.2.0/24]\n",
+     True, False),
+    ("results:\n  backend: redis\n  host: store.example\nworker:\n  outbound: [any]\n", True,
+     False),
+    ("results:\n  backend: redis\n  host: store.example\n", False, False),
+    ("results:\n  backend: rpc\n  host: store.example\n", True, False),
+    ("results:\n  backend: redis\n  host: broker-by-another-name.example\n", True, False),
+], ids=["not-allowed", "in-a-network", "any", "client-only-host", "rpc", "the-broker"])
+def test_check_fails_when_the_worker_unit_may_not_reach_a_store_on_another_host(
+        capsys, etc, monkeypatch, config_yaml, units, shut_out):
+    main, creds = etc
+    account.save(creds, {"host": "broker.invalid", "password": SECRET}, 0)
+    main.write_text(config_yaml)
+    unresolvable(monkeypatch)  # the dns step fails: check stops there
+    resolved = {"store.example": {"192.0.2.9"}, "broker.invalid": {"198.51.100.1"},
+                "broker-by-another-name.example": {"198.51.100.1"}}
+    monkeypatch.setattr(outbound, "_addresses", lambda host: set(resolved.get(host, ())))
+    monkeypatch.setattr(outbound, "worker_units_installed", lambda: units)
+
+    code, out, err = run(capsys, "check", "--config", str(main))
+
+    lines = out.splitlines()
+    assert err == "" and lines[0].startswith("OK   config: ")
+    if shut_out:
+        assert code == 3
+        assert lines[1] == (
+            "FAIL outbound: the worker may not reach the result store store.example "
+            "(192.0.2.9): not the broker, not in worker.outbound — add 192.0.2.9 to "
+            "worker.outbound, then systemctl daemon-reload and restart celery-worker")
+        assert all(line.startswith("SKIP") for line in lines[2:])
+    else:
+        assert code == 4 and lines[1].startswith("OK   outbound: ")
+        assert lines[2].startswith("FAIL dns: ")
+
+
+def test_installed_units_finds_the_worker_units_under_a_root(tmp_path):
+    from celeryd_pkg.admin import join
+
+    assert join.installed_units(tmp_path) == []
+    (tmp_path / "lib/systemd/system").mkdir(parents=True)
+    (tmp_path / "lib/systemd/system/celery-worker.service").write_text("")
+    assert join.installed_units(tmp_path) == ["celery-worker.service"]
+
+
+@pytest.mark.parametrize("store, allow, expected", [
+    ("192.0.2.9", ["10.0.0.0/8"], ["192.0.2.9"]),
+    ("192.0.2.9", ["192.0.2.9"], []),
+    ("2001:db8::1", ["192.0.2.0/24"], ["2001:db8::1"]),
+    ("2001:db8::1", ["2001:db8::/32"], []),
+    ("127.0.0.2", [], []),
+])
+def test_store_shut_out_resolves_and_matches_addresses_and_networks(store, allow, expected):
+    from types import SimpleNamespace
+
+    settings = SimpleNamespace(results=SimpleNamespace(backend="redis", host=store),
+                               broker=SimpleNamespace(host="127.0.0.1"),
+                               worker=SimpleNamespace(outbound=allow))
+    assert outbound.store_shut_out(settings) == expected
