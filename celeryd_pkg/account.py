@@ -33,10 +33,11 @@ def default_port(tls):
     return PORTS["amqps" if tls else "amqp"]
 
 
-def to_url(broker, masked=True, vhost=None, ca_file=None):
+def to_url(broker, masked=True, vhost=None, ca_file=None, results_password=None):
     """Given a broker mapping {host, port, vhost, user, password, tls}, return its AMQP URL (of
     another vhost if given). The password is '***' when masked; unmasked with ca_file, the URL
-    is a join string carrying that CA certificate."""
+    is a join string carrying that CA certificate, and with results_password the password of
+    the same user in the result store (on the broker host)."""
     from urllib.parse import quote  # here: celery-submit's start-up does without it
 
     vhost = broker["vhost"] if vhost is None else vhost
@@ -47,7 +48,10 @@ def to_url(broker, masked=True, vhost=None, ca_file=None):
     host = f"[{broker['host']}]" if ":" in broker["host"] else broker["host"]
     port = broker.get("port") or default_port(broker["tls"])
     url = f"{scheme}://{auth}@{host}:{port}/{quote(vhost, safe='')}"
-    return f"{url}?ca={encode_ca(ca_file)}" if ca_file else url
+    query = ([f"ca={encode_ca(ca_file)}"] if ca_file else []) + (
+        [f"results={quote(results_password, safe='')}"] if results_password and not masked
+        else [])
+    return f"{url}?{'&'.join(query)}" if query else url
 
 
 def default_results_port(tls):
@@ -135,8 +139,15 @@ def from_url(text):
               "tls": scheme == "amqps"}
     for item in filter(None, query.split("&")):
         name, _, value = item.partition("=")
+        if name == "results":
+            results_password = unquote(value)
+            if not results_password or any(ord(c) < 32 or ord(c) == 127
+                                            for c in results_password):
+                bad("results", "an empty or invalid result store password")
+            broker["results_password"] = results_password
+            continue
         if name != "ca":
-            bad("URL", f"an unknown parameter '{name}' (only ca=)")
+            bad("URL", f"an unknown parameter '{name}' (only ca= and results=)")
         if scheme != "amqps":
             bad("ca", "a CA certificate with plain amqp:// (use amqps://)")
         try:

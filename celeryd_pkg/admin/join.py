@@ -77,7 +77,7 @@ def allow_broker(host, root="/"):
 def action_join(args):
     broker = account.from_url(_read_url(args.url))
     gid = account.resolve_group(args.group)
-    main_file, _, path, _ = config.config_paths(args.config)
+    main_file, conf_d, path, _ = config.config_paths(args.config)
     ca_pem = broker.pop("ca", None)
     if args.allow_plain:
         broker["allow_plain"] = True
@@ -91,8 +91,18 @@ def action_join(args):
     if ca_pem:
         broker["ca_file"] = str(main_file.parent / "broker-ca.pem")
         files.replace(broker["ca_file"], ca_pem)
-    account.save(path, broker, gid, results=account.load_results(path))
-    print(f"joined {account.to_url(broker)}; check with: celeryd-admin check")
+    results_password = broker.pop("results_password", None)
+    # A join string without a store login keeps the one this host has.
+    results = ({"user": broker["user"], "password": results_password} if results_password
+               else account.load_results(path))
+    account.save(path, broker, gid, results=results)
+    stored = ""
+    if results_password:
+        from celeryd_pkg.admin import storeaccounts
+
+        storeaccounts.store_results_here(conf_d / "20-results.yaml")
+        stored = " with results kept in the result store there"
+    print(f"joined {account.to_url(broker)}{stored}; check with: celeryd-admin check")
     return 0
 
 

@@ -9,9 +9,10 @@ import secrets
 import sys
 
 from celeryd_pkg import account, config
+from celeryd_pkg.admin import store, storeaccounts, storesetup
 from celeryd_pkg.admin.cli import Command, config_option, defer_option, group_option
 from celeryd_pkg.admin.rabbitmqctl import FULL, NodeDown, Rabbitmqctl, check_name
-from celeryd_pkg.errors import ConfigError, UsageError
+from celeryd_pkg.errors import CelerydError, ConfigError, UsageError
 
 __all__ = ["DEFER_MESSAGE", "ROLES", "COMMANDS", "provision", "deprovision",
            "provision_remote", "new_password"]
@@ -175,10 +176,15 @@ def _provision_for_host(args):
         print("celeryd-admin: warning: no TLS on this broker yet (celeryd-admin tls-setup): "
               "this join string is plain amqp://, the password will cross the network "
               "unencrypted", file=sys.stderr)
+    # The store first: when redis-server is down, nothing has changed yet.
+    layout, server = store.Layout(args.config), storesetup.RedisServer()
+    results_password = (storeaccounts.add(layout, server, user, args.role)
+                        if storeaccounts.here(layout, server) else None)
     password = provision_remote(Rabbitmqctl(), user, vhost, args.role)
     broker = {"host": args.broker_host or socket.getfqdn(), "vhost": vhost, "user": user,
               "password": password, "tls": tls_on}
-    print(account.to_url(broker, masked=False, ca_file=ca.cert if tls_on else None), flush=True)
+    print(account.to_url(broker, masked=False, ca_file=ca.cert if tls_on else None,
+                         results_password=results_password), flush=True)
     return 0
 
 
@@ -191,6 +197,7 @@ def action_deprovision(args):
         user, vhost = user or settings.broker.user, vhost or settings.broker.vhost
     check_name("user", user)
     check_name("vhost", vhost)
+    _remove_store_account(args.config, user)
     try:
         deprovision(Rabbitmqctl(), path, user, vhost, args.delete_vhost)
     except NodeDown:
@@ -200,6 +207,19 @@ def action_deprovision(args):
         print(f"celeryd: no running RabbitMQ broker here; broker user '{user}' not "
               f"removed", file=sys.stderr)
     return 0
+
+
+def _remove_store_account(config_file, user):
+    """Remove user's result-store account when the store is here; a store that is down only
+    leaves a warning (purge must not fail on it: store-setup --remove clears the rest)."""
+    layout, server = store.Layout(config_file), storesetup.RedisServer()
+    if not storeaccounts.here(layout, server):
+        return
+    try:
+        storeaccounts.remove(layout, server, user)
+    except CelerydError as error:
+        print(f"celeryd-admin: warning: the result store account of '{user}' stays: "
+              f"{error.message}", file=sys.stderr)
 
 
 def _account_options(parser, for_host=False):

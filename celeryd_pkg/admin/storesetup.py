@@ -17,7 +17,7 @@ from celeryd_pkg.admin import store, systemctl
 from celeryd_pkg.admin.cli import Command, config_option, group_option
 from celeryd_pkg.errors import AccessRefused, BrokerUnreachable, ConfigError
 
-__all__ = ["RedisServer", "setup", "remove", "keep_existing_data", "summary", "COMMANDS"]
+__all__ = ["RedisServer", "translate", "sets_redis", "setup", "remove", "keep_existing_data", "summary", "COMMANDS"]
 
 PROG = "celeryd-admin"
 UNIT, WORKER_UNIT = "redis-server", "celery-worker"
@@ -69,11 +69,11 @@ class RedisServer:
             client.ping()
         except Exception as error:  # noqa: BLE001 - one line, never a traceback
             client.close()
-            raise _translate(error, user) from None
+            raise translate(error, user) from None
         return client
 
 
-def _translate(error, user):
+def translate(error, user):
     """The CelerydError (one line, exit 4 or 5) of a redis-py error; no secret in it."""
     text, where = str(error).rstrip(".") or type(error).__name__, f"{LOOPBACK}:{store.PORT}"
     if type(error).__name__ in ("AuthenticationError", "NoPermissionError") or text.split(
@@ -103,7 +103,7 @@ def keep_existing_data(client, timeout=REWRITE_TIMEOUT):
             time.sleep(0.2)
             persistence = client.info("persistence")
     except Exception as error:  # noqa: BLE001 - one line, never a traceback
-        raise _translate(error, store.ADMIN) from None
+        raise translate(error, store.ADMIN) from None
     status = persistence.get("aof_last_bgrewrite_status")
     if persistence["aof_rewrite_in_progress"] or persistence["aof_rewrite_scheduled"] or (
             status != "ok"):
@@ -162,7 +162,7 @@ def setup(layout, server, user, gid, version=None):
                 server.login(user, login["password"]).close()  # proves the new account
         if new_login:
             changes.append(f"wrote the login of user '{user}' to {layout.credentials}")
-    wrote_conf = not _sets_redis(layout.conf_d_file) and _replace_if_changed(
+    wrote_conf = not sets_redis(layout.conf_d_file) and _replace_if_changed(
         layout.conf_d_file, CONF_D_TEXT, mode=0o644)
     if wrote_conf:
         changes.append(f"wrote {layout.conf_d_file}")
@@ -172,7 +172,7 @@ def setup(layout, server, user, gid, version=None):
     return changes
 
 
-def _sets_redis(path):
+def sets_redis(path):
     """Whether path, written by hand maybe (with results.expires), sets backend: redis."""
     import yaml
 

@@ -269,3 +269,20 @@ def test_credentials_file_keeps_the_result_stores_login(creds_path):
     account.save(creds_path, broker, os.getgid())
     assert account.load_results(creds_path) == {}
     assert "results" not in creds_path.read_text()
+
+
+def test_a_join_string_carries_the_store_password_only_unmasked_and_reads_back():
+    broker = {"host": "b.example", "vhost": "celery", "user": "worker-b", "password": "pw",
+              "tls": False}
+    url = account.to_url(broker, masked=False, results_password="s3cret/&=?")
+    assert url == "amqp://worker-b:pw@b.example:5672/celery?results=s3cret%2F%26%3D%3F"
+    assert account.from_url(url)["results_password"] == "s3cret/&=?"
+    assert "s3cret" not in account.to_url(broker, results_password="s3cret/&=?")
+    assert "results_password" not in account.from_url(url.split("?")[0])
+
+
+def test_a_join_string_with_an_empty_store_password_is_refused_without_showing_secrets():
+    with pytest.raises(UsageError) as refused:
+        account.from_url("amqp://u:hidden@h/v?results=")
+    assert "results: an empty or invalid result store password" in str(refused.value)
+    assert "hidden" not in str(refused.value)

@@ -103,3 +103,41 @@ def test_join_with_a_missing_group_exits_3_and_writes_nothing(capsys, etc):
     assert err == ("celeryd-admin: group 'celeryd-no-such-group' does not exist: install the "
                    "celeryd package or pass --group\n")
     assert not creds.exists()
+
+
+STORE_SECRET = "store-pw-Qx7/+z"
+
+
+def test_join_with_a_store_login_writes_it_and_stores_results_and_prints_no_secret(
+        capsys, monkeypatch, etc):
+    main, creds = etc
+    url = account.to_url({"host": "10.9.8.7", "vhost": "v", "user": "client-web1",
+                          "password": SECRET, "tls": False}, masked=False,
+                         results_password=STORE_SECRET)
+    code, out, err = run(capsys, "join", "-", "--allow-plain", "--config", str(main),
+                         "--group", "root", stdin=url, monkeypatch=monkeypatch)
+    assert (code, err) == (0, "")
+    assert out == ("joined amqp://client-web1:***@10.9.8.7:5672/v with results kept in the "
+                   "result store there; check with: celeryd-admin check\n")
+    assert account.load_results(creds) == {"user": "client-web1", "password": STORE_SECRET}
+    settings = config_module.load(str(main), env={})
+    assert (settings.results.backend, settings.results.host, settings.results.user) == (
+        "redis", "10.9.8.7", "client-web1")
+    # Joining again without a store login keeps the one the host has.
+    run(capsys, "join", "-", "--allow-plain", "--config", str(main), "--group", "root",
+        stdin=url.split("?")[0], monkeypatch=monkeypatch)
+    assert account.load_results(creds) == {"user": "client-web1", "password": STORE_SECRET}
+
+
+def test_join_keeps_an_operators_results_file_that_already_stores_in_redis(
+        capsys, monkeypatch, etc):
+    main, _ = etc
+    conf_d = main.parent / "conf.d"
+    conf_d.mkdir(exist_ok=True)
+    own = "results:\n  backend: redis\n  expires: 600\n"
+    (conf_d / "20-results.yaml").write_text(own)
+    url = account.to_url({"host": "10.9.8.7", "vhost": "v", "user": "u", "password": SECRET,
+                          "tls": False}, masked=False, results_password=STORE_SECRET)
+    code, _, _ = run(capsys, "join", "-", "--allow-plain", "--config", str(main), "--group",
+                     "root", stdin=url, monkeypatch=monkeypatch)
+    assert code == 0 and (conf_d / "20-results.yaml").read_text() == own
