@@ -107,8 +107,8 @@ def provision_remote(ctl, user, vhost, role):
 
 
 def deprovision(ctl, path, user, vhost, delete_vhost=False):
-    """Delete the broker user (and vhost if asked), then the credentials file. Return the list
-    of changes made (empty when all was already gone). Raise NodeDown as provision does."""
+    """Delete the broker user (and vhost if asked), then the credentials file (path None: this
+    host's account is not the one deleted). Return the list of changes made (empty when all was already gone). Raise NodeDown as provision does."""
     check_name("user", user)
     check_name("vhost", vhost)
     changes = []
@@ -116,7 +116,7 @@ def deprovision(ctl, path, user, vhost, delete_vhost=False):
         changes.append(f"deleted user {user}")
     if delete_vhost and ctl.delete_vhost(vhost):
         changes.append(f"deleted vhost {vhost}")
-    if account.remove(path):
+    if path is not None and account.remove(path):
         changes.append(f"removed {path}")
     return changes
 
@@ -190,11 +190,16 @@ def _provision_for_host(args):
 
 def action_deprovision(args):
     path = config.config_paths(args.config)[2]
-    user, vhost = args.user, args.vhost
-    if not (user and vhost):
-        # The account in use: the credentials file's, else the operator's.
+    try:  # the account in use: the credentials file's, else the operator's
         settings = config.load(args.config)
-        user, vhost = user or settings.broker.user, vhost or settings.broker.vhost
+        own_user, own_vhost = settings.broker.user, settings.broker.vhost
+    except CelerydError:
+        if not (args.user and args.vhost):
+            raise
+        own_user = own_vhost = None
+    user, vhost = args.user or own_user, args.vhost or own_vhost
+    if own_user is not None and user != own_user:
+        path = None  # another host's account (provision --for-host): ours stays
     check_name("user", user)
     check_name("vhost", vhost)
     _remove_store_account(args.config, user)
@@ -203,7 +208,8 @@ def action_deprovision(args):
     except NodeDown:
         if not args.defer_if_absent:
             raise
-        account.remove(path)
+        if path is not None:
+            account.remove(path)
         print(f"celeryd: no running RabbitMQ broker here; broker user '{user}' not "
               f"removed", file=sys.stderr)
     return 0

@@ -180,6 +180,42 @@ def test_after_tls_setup_the_store_listens_with_tls_on_6380_too(machine):
     assert redis_as(machine, "admin", "ACL", "LOG") == []
 
 
+def test_a_joined_host_takes_its_store_login_from_the_join_string(machine):
+    # Another host, played by a second config root: join writes its credentials, CA and
+    # results.backend there; its celery-submit then reaches the store over TLS with that login.
+    join_string = machine.run(["celeryd-admin", "provision", "--for-host", "web1", "--role",
+                               "client", "--broker-host", "localhost"], timeout=120).stdout
+    assert "results=" in join_string
+    web1 = ["env", "CELERYD_ROOT=/srv/web1"]
+    machine.run(["mkdir", "-p", "/srv/web1/etc/celeryd"])
+    joined = machine.run([*web1, "celeryd-admin", "join", "-", "--group", "root"],
+                         input=join_string, timeout=120)
+    assert joined.stdout == ("joined amqps://client-web1:***@localhost:5671/celery with results "
+                             "kept in the result store there; check with: celeryd-admin check\n")
+    assert joined.stderr == ""
+    looked_up = machine.run([*web1, "celery-submit", "result", machine.task_id], check=False)
+    assert (looked_up.returncode, looked_up.stdout) == (0, "8\n"), looked_up.stderr
+    waited = machine.run([*web1, "celery-submit", "add", "1", "2"], check=False, timeout=120)
+    assert (waited.returncode, waited.stdout) == (0, "3\n"), waited.stderr
+    check = machine.run([*web1, "celeryd-admin", "check"], check=False, timeout=120)
+    assert "OK   store: logged in at rediss://client-web1:***@localhost:6380/0\n" in check.stdout
+    secret = account_password(machine, "/srv/web1/etc/celeryd/credentials")
+    assert machine.run(["grep", "-qF", secret, ACLFILE], check=False).returncode == 1
+    # A client's account reads results and writes nothing.
+    assert redis_as(machine, "admin", "ACL", "LOG") == []
+    # Its accounts go on the broker host; that host's own login stays.
+    machine.run(["celeryd-admin", "deprovision", "--user", "client-web1"], timeout=120)
+    assert "client-web1" not in machine.run(["cat", ACLFILE]).stdout
+    assert machine.run(["celery-submit", "add", "2", "2"]).stdout == "4\n"
+    gone = machine.run([*web1, "celery-submit", "result", machine.task_id], check=False)
+    assert gone.returncode == 5, gone.stdout + gone.stderr
+
+
+def account_password(machine, path):
+    text = re.sub(r"(?m)^#.*\n", "", machine.run(["cat", path]).stdout)
+    return json.loads(text)["results"]["password"]
+
+
 def test_remove_leaves_redis_server_running_on_its_own_config(machine):
     out = store_setup(machine, "--remove")
     assert out.startswith("celeryd-admin: result store removed: ")

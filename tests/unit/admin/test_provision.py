@@ -223,6 +223,16 @@ def test_deprovision_is_quiet_and_idempotent(capsys, fake, etc):
     assert not creds.exists() and fake.state()["users"] == {}
 
 
+def test_deprovision_of_another_hosts_account_keeps_this_hosts_credentials(capsys, fake, etc):
+    main, creds = etc
+    run(capsys, "provision", "--config", str(main), "--group", "root")
+    run(capsys, "provision", "--for-host", "web1", "--role", "client", "--config", str(main))
+    assert "client-web1" in fake.state()["users"]
+    assert run(capsys, "deprovision", "--user", "client-web1", "--config", str(main)) == (
+        0, "", "")
+    assert creds.exists() and set(fake.state()["users"]) == {"celery"}
+
+
 def test_deprovision_defer_if_absent_exits_0_and_still_removes_the_file(
         capsys, fake, etc, monkeypatch):
     main, creds = etc

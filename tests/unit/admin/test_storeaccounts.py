@@ -6,9 +6,8 @@ import pytest
 from celeryd_pkg import account
 from celeryd_pkg.admin import store, storeaccounts, storesetup
 from celeryd_pkg.errors import BrokerUnreachable
-from tests.unit.admin.conftest import run
-from tests.unit.admin.test_storesetup import (  # noqa: F401 - layout is a fixture
-    FakeClient, FakeServer, layout, sha)
+from tests.unit.admin.conftest import SECRET, run
+from tests.unit.admin.test_storesetup import GROUP, FakeClient, FakeServer, sha
 
 
 class LoadingClient(FakeClient):
@@ -29,7 +28,15 @@ class Server(FakeServer):
 
 
 @pytest.fixture
-def ready(layout):  # noqa: F811 - the fixture imported above
+def layout(etc, tmp_path):
+    main, creds = etc
+    account.save(creds, {"vhost": "celery", "user": "celery", "password": SECRET}, 0)
+    return store.Layout(main, tmp_path / "rabbitmq", tmp_path / "systemd" / "celeryd.conf",
+                        GROUP)
+
+
+@pytest.fixture
+def ready(layout):
     """store-setup has run here: the admin password and this host's own account."""
     server = Server(layout, client=LoadingClient())
     storesetup.setup(layout, server, "celery", 0, (7, 0))
@@ -41,7 +48,7 @@ def accounts(layout):
     return store.parse_aclfile(layout.aclfile.read_text())[0]
 
 
-def test_not_here_until_store_setup_ran(layout):  # noqa: F811
+def test_not_here_until_store_setup_ran(layout):
     server = Server(layout)
     assert not storeaccounts.here(layout, server)
     storesetup.setup(layout, Server(layout, client=LoadingClient()), "celery", 0, (7, 0))
@@ -99,3 +106,4 @@ def test_provision_for_host_puts_the_store_login_in_the_join_string(
     code, out, err = run(capsys, "deprovision", "--user", "client-web1", "--vhost", "celery",
                          "--config", str(main))
     assert code == 0 and "client-web1" not in accounts(layout)
+    assert account.load_results(layout.credentials)["user"] == "celery"  # ours stays
