@@ -108,7 +108,8 @@ def provision_remote(ctl, user, vhost, role):
 
 def deprovision(ctl, path, user, vhost, delete_vhost=False):
     """Delete the broker user (and vhost if asked), then the credentials file (path None: this
-    host's account is not the one deleted). Return the list of changes made (empty when all was already gone). Raise NodeDown as provision does."""
+    host's account is not the one deleted). Return the list of changes made (empty when all
+    was already gone). Raise NodeDown as provision does."""
     check_name("user", user)
     check_name("vhost", vhost)
     changes = []
@@ -217,7 +218,7 @@ def action_deprovision(args):
 
 def _remove_store_account(config_file, user):
     """Remove user's result-store account when the store is here; a store that is down only
-    leaves a warning (purge must not fail on it: store-setup --remove clears the rest)."""
+    leaves a warning, and the broker account goes all the same."""
     layout, server = store.Layout(config_file), storesetup.RedisServer()
     if not storeaccounts.here(layout, server):
         return
