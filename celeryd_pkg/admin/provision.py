@@ -9,7 +9,7 @@ import secrets
 import sys
 
 from celeryd_pkg import account, config
-from celeryd_pkg.admin import store, storeaccounts, storesetup
+from celeryd_pkg.admin import storeaccounts
 from celeryd_pkg.admin.cli import Command, config_option, defer_option, group_option
 from celeryd_pkg.admin.rabbitmqctl import FULL, NodeDown, Rabbitmqctl, check_name
 from celeryd_pkg.errors import CelerydError, ConfigError, UsageError
@@ -178,9 +178,7 @@ def _provision_for_host(args):
               "this join string is plain amqp://, the password will cross the network "
               "unencrypted", file=sys.stderr)
     # The store first: when redis-server is down, nothing has changed yet.
-    layout, server = store.Layout(args.config), storesetup.RedisServer()
-    results_password = (storeaccounts.add(layout, server, user, args.role)
-                        if storeaccounts.here(layout, server) else None)
+    results_password = storeaccounts.add_if_here(args.config, user, args.role)
     password = provision_remote(Rabbitmqctl(), user, vhost, args.role)
     broker = {"host": args.broker_host or socket.getfqdn(), "vhost": vhost, "user": user,
               "password": password, "tls": tls_on}
@@ -203,7 +201,7 @@ def action_deprovision(args):
         path = None  # another host's account (provision --for-host): ours stays
     check_name("user", user)
     check_name("vhost", vhost)
-    _remove_store_account(args.config, user)
+    storeaccounts.remove_if_here(args.config, user)
     try:
         deprovision(Rabbitmqctl(), path, user, vhost, args.delete_vhost)
     except NodeDown:
@@ -214,19 +212,6 @@ def action_deprovision(args):
         print(f"celeryd: no running RabbitMQ broker here; broker user '{user}' not "
               f"removed", file=sys.stderr)
     return 0
-
-
-def _remove_store_account(config_file, user):
-    """Remove user's result-store account when the store is here; a store that is down only
-    leaves a warning, and the broker account goes all the same."""
-    layout, server = store.Layout(config_file), storesetup.RedisServer()
-    if not storeaccounts.here(layout, server):
-        return
-    try:
-        storeaccounts.remove(layout, server, user)
-    except CelerydError as error:
-        print(f"celeryd-admin: warning: the result store account of '{user}' stays: "
-              f"{error.message}", file=sys.stderr)
 
 
 def _account_options(parser, for_host=False):

@@ -4,10 +4,14 @@
 redis-server with ACL LOAD as the admin, and the new login is proven before it is handed out.
 """
 
+import sys
+
 from celeryd_pkg import files
 from celeryd_pkg.admin import store, storesetup
+from celeryd_pkg.errors import CelerydError
 
-__all__ = ["JOINED_CONF_TEXT", "here", "add", "remove", "store_results_here"]
+__all__ = ["JOINED_CONF_TEXT", "here", "add", "remove", "add_if_here", "remove_if_here",
+           "store_results_here"]
 
 
 JOINED_CONF_TEXT = ("# Written by celeryd-admin join: this host stores and reads results in the\n"
@@ -39,6 +43,26 @@ def remove(layout, server, user):
         return False
     _change(layout, server, user, None, "worker")
     return True
+
+
+def add_if_here(config_file, user, role):
+    """provision --for-host: the new password of user's store account, or None when the store
+    is not on this host."""
+    layout, server = store.Layout(config_file), storesetup.RedisServer()
+    return add(layout, server, user, role) if here(layout, server) else None
+
+
+def remove_if_here(config_file, user):
+    """deprovision: remove user's store account when the store is here. A store that is down
+    only prints a warning; the broker account goes all the same."""
+    layout, server = store.Layout(config_file), storesetup.RedisServer()
+    if not here(layout, server):
+        return
+    try:
+        remove(layout, server, user)
+    except CelerydError as error:
+        print(f"celeryd-admin: warning: the result store account of '{user}' stays: "
+              f"{error.message}", file=sys.stderr)
 
 
 def _change(layout, server, user, password, role):

@@ -107,3 +107,23 @@ def test_provision_for_host_puts_the_store_login_in_the_join_string(
                          "--config", str(main))
     assert code == 0 and "client-web1" not in accounts(layout)
     assert account.load_results(layout.credentials)["user"] == "celery"  # ours stays
+
+
+def test_deprovision_with_the_store_down_warns_and_removes_the_broker_account(
+        capsys, monkeypatch, fake, ready):
+    layout, server = ready
+    main = layout.credentials.parent / "celeryd.yaml"
+    monkeypatch.setattr(storesetup, "RedisServer", lambda: server)
+    run(capsys, "provision", "--for-host", "web1", "--role", "client", "--config", str(main))
+
+    def down(user, password):
+        raise BrokerUnreachable("celeryd-admin: cannot talk to redis-server at 127.0.0.1:6379 "
+                                "(Connection refused): journalctl -u redis-server")
+
+    monkeypatch.setattr(server, "login", down)
+    code, out, err = run(capsys, "deprovision", "--user", "client-web1", "--config", str(main))
+    assert (code, out) == (0, "")
+    assert err == ("celeryd-admin: warning: the result store account of 'client-web1' stays: "
+                   "celeryd-admin: cannot talk to redis-server at 127.0.0.1:6379 (Connection "
+                   "refused): journalctl -u redis-server\n")
+    assert "client-web1" not in fake.state()["users"] and "client-web1" in accounts(layout)
