@@ -1,4 +1,5 @@
-"""Fixtures for the celeryd-admin command tests: a config directory and a fake rabbitmqctl."""
+"""Fixtures for the celeryd-admin command tests: a config directory, a fake rabbitmqctl and
+store-setup's layout."""
 
 import io
 
@@ -27,6 +28,21 @@ def fake(tmp_path, monkeypatch):
     for name, value in fake.env.items():
         monkeypatch.setenv(name, value)
     return fake
+
+
+STORE_GROUP = "daemon"  # stands in for redis: not root's, so a file that ignored it would show
+
+
+@pytest.fixture
+def layout(etc, tmp_path):
+    """Where store-setup reads and writes, under tmp_path; this host's broker login saved."""
+    from celeryd_pkg import account
+    from celeryd_pkg.admin import store
+
+    main, creds = etc
+    account.save(creds, {"vhost": "celery", "user": "celery", "password": SECRET}, 0)
+    return store.Layout(main, tmp_path / "rabbitmq", tmp_path / "systemd" / "celeryd.conf",
+                        STORE_GROUP)
 
 
 @pytest.fixture

@@ -6,8 +6,8 @@ import pytest
 from celeryd_pkg import account
 from celeryd_pkg.admin import store, storeaccounts, storesetup
 from celeryd_pkg.errors import BrokerUnreachable
-from tests.unit.admin.conftest import SECRET, run
-from tests.unit.admin.test_storesetup import GROUP, FakeClient, FakeServer, sha
+from tests.unit.admin.conftest import run
+from tests.unit.admin.test_storesetup import FakeClient, FakeServer, sha
 
 
 class LoadingClient(FakeClient):
@@ -25,14 +25,6 @@ class LoadingClient(FakeClient):
 class Server(FakeServer):
     installed = staticmethod(lambda: True)
     version = staticmethod(lambda: (7, 0))
-
-
-@pytest.fixture
-def layout(etc, tmp_path):
-    main, creds = etc
-    account.save(creds, {"vhost": "celery", "user": "celery", "password": SECRET}, 0)
-    return store.Layout(main, tmp_path / "rabbitmq", tmp_path / "systemd" / "celeryd.conf",
-                        GROUP)
 
 
 @pytest.fixture

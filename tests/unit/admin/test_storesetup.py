@@ -10,9 +10,8 @@ import pytest
 from celeryd_pkg import account, config
 from celeryd_pkg.admin import store, storesetup
 from celeryd_pkg.errors import AccessRefused, ConfigError
-from tests.unit.admin.conftest import SECRET, run
+from tests.unit.admin.conftest import SECRET, STORE_GROUP as GROUP, run
 
-GROUP = "daemon"  # stands in for redis: not root's, so a file that ignored it would show
 
 
 def sha(text):
@@ -82,14 +81,6 @@ class FakeServer:
             if accounts.get(user, ("",))[0] != sha(password):
                 raise AccessRefused(f"refused {user}")
         return self.client
-
-
-@pytest.fixture
-def layout(etc, tmp_path):
-    main, creds = etc
-    account.save(creds, {"vhost": "celery", "user": "celery", "password": SECRET}, 0)
-    return store.Layout(main, tmp_path / "rabbitmq", tmp_path / "systemd" / "celeryd.conf",
-                        GROUP)
 
 
 def results_login(layout):
