@@ -299,6 +299,19 @@ class Bridge:
         _sh(['ip', 'link', 'del', self.name], check=False)
 
 
+def restart_worker(machine):
+    """systemctl restart celery-worker, once more if the start fails with 219/CGROUP: systemd
+    252 in a legacy-hierarchy container can lose the unit's new cgroup right after a stop (seen
+    on Debian 12 here); that is the container's, not the worker's, and a second start works."""
+    restarted = machine.run(["systemctl", "restart", "celery-worker"], check=False, timeout=660)
+    if restarted.returncode != 0:
+        result = machine.run(["systemctl", "show", "-p", "ExecMainStatus", "--value",
+                              "celery-worker"]).stdout.strip()
+        assert result == "219", restarted.stderr  # anything else is ours
+        machine.run(["systemctl", "reset-failed", "celery-worker"])
+        machine.run(["systemctl", "start", "celery-worker"], timeout=660)
+
+
 def wait_until(predicate, timeout=60, what='condition'):
     """Poll predicate every 0.5 s; return its first true value, or fail after timeout s."""
     deadline = time.monotonic() + timeout

@@ -7,6 +7,8 @@
     Then  `celeryd-admin check` is OK at every step on the client, over TLS
     And   200 tasks submitted from the client run on both workers, every one exactly once,
           though worker-a is stopped with tasks in flight, and the client gets all 200 results
+    And   once the broker host runs `store-setup`, a result sent with --no-wait from the
+          client is found from worker-b's host after the client exited
 
 The steps share the four machines (module scope) and run in file order, as in README.md's
 "Several machines" section, whose commands they are.
@@ -46,7 +48,7 @@ def hosts(request, prerequisites, debs):
                 machine = harness.Container(request.param, network_bridge=bridge.name,
                                             address=bridge.address(number))
                 machines[role] = machine
-                machine.prepare(debs, ["rabbitmq-server", "openssl"])
+                machine.prepare(debs, ["rabbitmq-server", "openssl", "redis-server"])
             for machine in machines.values():
                 machine.boot()
             yield machines
@@ -287,26 +289,13 @@ def journal_entries(machine, task_id):
     return harness.wait_until(finished, 20, f"the journal's last entry of task {task_id}")
 
 
-def restart_worker(machine):
-    """systemctl restart celery-worker, once more if the start fails with 219/CGROUP: systemd
-    252 in a legacy-hierarchy container can lose the unit's new cgroup right after a stop (seen
-    on Debian 12 here); that is the container's, not the worker's, and a second start works."""
-    restarted = machine.run(["systemctl", "restart", "celery-worker"], check=False, timeout=660)
-    if restarted.returncode != 0:
-        result = machine.run(["systemctl", "show", "-p", "ExecMainStatus", "--value",
-                              "celery-worker"]).stdout.strip()
-        assert result == "219", restarted.stderr  # anything else is ours
-        machine.run(["systemctl", "reset-failed", "celery-worker"])
-        machine.run(["systemctl", "start", "celery-worker"], timeout=660)
-
-
 def test_task_lines_carry_their_id_in_the_journal_and_trace_finds_them(hosts):
     worker_b, client = hosts["worker-b"], hosts["client"]
     worker_b.run(["mkdir", "-p", "/srv/tracetasks"])
     worker_b.run("cat > /srv/tracetasks/tracetasks.py", input=TRACE_TASKS)
     worker_b.run("printf 'tasks:\\n  modules: [tracetasks]\\n  pythonpath: [/srv/tracetasks]\\n' "
                  ">/etc/celeryd/conf.d/50-tracetasks.yaml")
-    restart_worker(worker_b)
+    harness.restart_worker(worker_b)
     greeted = client.run(["celery-submit", "--json", "tracetasks.greet", "world"], timeout=120)
     ok = json.loads(greeted.stdout)
     assert ok["result"] == "hello world"
@@ -338,6 +327,37 @@ def test_task_lines_carry_their_id_in_the_journal_and_trace_finds_them(hosts):
     elsewhere = client.run(["celeryd-admin", "trace", ok["id"]], check=False)
     assert elsewhere.returncode == 1 and elsewhere.stdout == ""
     assert f"no journal entry for task {ok['id']} on this host" in elsewhere.stderr
+
+
+def test_a_result_kept_in_the_store_is_found_from_another_host_after_the_sender_exited(hosts):
+    broker, worker_b, client = hosts["broker"], hosts["worker-b"], hosts["client"]
+    broker.run(["apt-get", "install", "--no-download", "-y", "-q", "redis-server"], timeout=600)
+    # The broker host has no celeryd, so no group celery: its own login is root's.
+    made = admin(broker, "store-setup", "--group", "root")
+    assert made.stdout.startswith("celeryd-admin: result store ready (redis-server port 6379 "
+                                  "and TLS port 6380, account 'celery'): "), made.stdout
+    for host, role in (("worker-b", "worker"), ("client", "client")):
+        string = admin(broker, "provision", "--for-host", host, "--role", role,
+                       "--broker-host", BROKER_IP).stdout
+        assert "&results=" in string
+        rejoined = admin(hosts[host], "join", "-", input=string)
+        assert "with results kept in the result store there" in rejoined.stdout
+    harness.restart_worker(worker_b)  # it reads results.* and its login at start
+    # The client sends and is gone; the id it printed is all anybody keeps.
+    task_id = client.run(["celery-submit", "add", "20", "22", "--no-wait"],
+                         timeout=120).stdout.strip()
+    assert re.fullmatch(r"[0-9a-f-]{36}", task_id), task_id
+    # Another host looks it up: worker-b's account may read results too.
+    looked_up = worker_b.run(["python3", "-m", "celeryd_pkg.submit", "result", task_id,
+                              "--wait", "30"], check=False, timeout=120)
+    assert (looked_up.returncode, looked_up.stdout) == (0, "42\n"), looked_up.stderr
+    again = client.run(["celery-submit", "result", "--json", task_id], check=False)
+    assert json.loads(again.stdout)["result"] == 42, again.stderr
+    waited = client.run(["celery-submit", "add", "1", "1"], check=False, timeout=120)
+    assert (waited.returncode, waited.stdout) == (0, "2\n"), waited.stderr
+    check = admin(client, "check")
+    assert f"OK   store: logged in at rediss://client-client:***@{BROKER_IP}:6380/0" in \
+        check.stdout, check.stdout
 
 
 def test_purge_on_a_worker_host_takes_its_join_with_it(hosts):

@@ -7,6 +7,9 @@
           process, prints 8, also after `systemctl restart redis-server`
     And   the operator's key is kept, the ACL file holds no password, `ACL LOG` stays empty
     And   a second run changes nothing; `check` logs in to the store
+    And   a result is gone after results.expires
+    And   a host joined with a string from `provision --for-host` reads results with its own
+          login, which `deprovision --user` takes away
     And   `store-setup --remove` leaves redis-server running on its own config, and so does
           purging celeryd
 
@@ -178,6 +181,21 @@ def test_after_tls_setup_the_store_listens_with_tls_on_6380_too(machine):
     looked_up = machine.run(["celery-submit", "result", task_id, "--wait", "30"], check=False)
     assert (looked_up.returncode, looked_up.stdout) == (0, "5\n"), looked_up.stderr
     assert redis_as(machine, "admin", "ACL", "LOG") == []
+
+
+def test_a_result_is_gone_after_results_expires(machine):
+    machine.run("printf 'results:\\n  expires: 3\\n' >/etc/celeryd/conf.d/30-expires.yaml")
+    harness.restart_worker(machine)
+    task_id = machine.run(["celery-submit", "add", "3", "3", "--no-wait"]).stdout.strip()
+    kept = machine.run(["celery-submit", "result", task_id, "--wait", "30"], check=False)
+    assert (kept.returncode, kept.stdout) == (0, "6\n"), kept.stderr
+    gone = harness.wait_until(
+        lambda: (done := machine.run(["celery-submit", "result", task_id], check=False))
+        .returncode == 6 and done, 20, "the result to expire")
+    assert gone.stderr == (f"celery-submit: no result for {task_id} (not done yet, older than "
+                           f"results.expires, or never sent)\n")
+    machine.run(["rm", "/etc/celeryd/conf.d/30-expires.yaml"])
+    harness.restart_worker(machine)
 
 
 def test_a_joined_host_takes_its_store_login_from_the_join_string(machine):
