@@ -162,6 +162,8 @@ def test_reload_applies_a_config_change_and_loses_no_task(machine):
     machine.run(["systemctl", "reload", "celery-worker"], timeout=120)
     wait_until(lambda: "concurrency 3" in show(machine, "StatusText"), 60, "concurrency 3")
     assert show(machine, "MainPID") == pid
+    assert "Reloading: taking no new tasks, finishing the 1 received" in machine.journal(
+        unit="celery-worker")
     outcome = json.loads(client.communicate(timeout=120)[0])
     assert (outcome["state"], outcome["result"]) == ("SUCCESS", 5)
     assert succeeded(machine, task_id) == 1
@@ -170,9 +172,13 @@ def test_reload_applies_a_config_change_and_loses_no_task(machine):
 @pytest.mark.parametrize("action", ["restart", "stop"])
 def test_a_task_in_flight_survives_restart_and_stop_and_completes_once(machine, action):
     client, task_id = sleep_task_in_flight(machine, 10)
+    finishing = "Stopping: taking no new tasks, finishing the 1 received"
+    before = machine.journal(unit="celery-worker").count(finishing)
     started = time.monotonic()
     machine.run(["systemctl", action, "celery-worker"], timeout=700)
     assert time.monotonic() - started >= 5  # the stop waited for the task (warm shutdown)
+    # celeryd's own stop (stopping.py), in front of Celery's on this suite's Celery too.
+    assert machine.journal(unit="celery-worker").count(finishing) == before + 1
     if action == "stop":
         assert show(machine, "ActiveState") == "inactive"
         machine.run(["systemctl", "start", "celery-worker"], timeout=120)
