@@ -12,7 +12,6 @@ from celeryd_pkg.errors import (
     CelerydError, ConfigError, ResultTimeout, TaskFailed, UsageError, report,
 )
 from celeryd_pkg.protocol import READY_STATES, REPLY_TO, build_message
-from celeryd_pkg.store import timeout_error
 
 __all__ = ["main", "parse_args", "parse_value", "task_name", "build_message"]
 
@@ -143,10 +142,10 @@ def submit(config, args):
     returned = []
     try:
         if stored and not args.no_wait:
-            from celeryd_pkg.store import Waiter
+            from celeryd_pkg import store
 
             # Subscribed before the task exists: its result cannot slip by.
-            waiter = Waiter(config, [task_id])
+            waiter = store.Waiter(config, [task_id])
         connection = broker.connect(config)
         channel = connection.channel()
         if direct:
@@ -173,7 +172,7 @@ def submit(config, args):
         if waiter is not None:
             found = waiter.results(started + timeout - time.monotonic())
             if task_id not in found:
-                raise timeout_error(config, task_id, timeout)
+                raise store.timeout_error(config, task_id, timeout)
             reply = found[task_id]
         else:
             reply = _wait_for_result(config, connection, replies, task_id, started, timeout)
@@ -201,7 +200,9 @@ def _wait_for_result(config, connection, replies, task_id, started, timeout):
         replies.clear()
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise timeout_error(config, task_id, timeout)
+            from celeryd_pkg import store  # only on a timeout: start-up does without it
+
+            raise store.timeout_error(config, task_id, timeout)
         try:
             connection.drain_events(timeout=remaining)
         except socket.timeout:
