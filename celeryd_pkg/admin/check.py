@@ -199,7 +199,10 @@ def _store(state):
         finally:
             client.close()
     except Exception as error:  # noqa: BLE001 - translated, never a traceback
-        _close(state.pop("connection", None))
+        from celeryd_pkg import broker
+
+        if (connection := state.pop("connection", None)) is not None:
+            broker.close(connection)
         if isinstance(error, ImportError):
             raise _Failed(_fail("store", "python3-redis is not installed",
                                 "apt install python3-redis", 3)) from None
@@ -211,14 +214,6 @@ def _store(state):
     return [Result("OK", "store", f"logged in at {url}")]
 
 
-def _close(connection):
-    try:
-        if connection is not None:
-            connection.close()
-    except Exception:  # noqa: BLE001 - closing is best effort
-        pass
-
-
 def _workers(state):
     """Workers are the consumers of client.queue: counted with a passive declare, which any
     account may do (a submit-only client too), and named where the account may ask them."""
@@ -226,19 +221,19 @@ def _workers(state):
 
     settings = state["config"]
     queue = settings.client.queue
+    from celeryd_pkg import broker
+
     connection = state.pop("connection")
     try:
         consumers = connection.channel().queue_declare(queue, passive=True).consumer_count
     except amqp.exceptions.NotFound:
         consumers = None
     except Exception as error:  # noqa: BLE001 - translated, never a traceback
-        from celeryd_pkg import broker
-
         translated = broker.translate(error, settings)
         raise _Failed(_fail("workers", translated.message, "celeryd-admin check again",
                             translated.exit_code)) from None
     finally:
-        _close(connection)
+        broker.close(connection)
     if not consumers:
         what = "no worker consumes" if consumers == 0 else "no worker has ever declared"
         return [_fail("workers", f"{what} queue '{queue}' on vhost '{settings.broker.vhost}'",

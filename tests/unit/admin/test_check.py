@@ -148,10 +148,16 @@ class FakeRedis:
 
 
 class FakeConnection:
+    """As broker.close() sees an amqp.Connection: connected (a transport), closable."""
+
     closed = False
+    transport = object()
 
     def close(self):
         self.closed = True
+
+    def collect(self):
+        raise AssertionError("broker.close() frees a connection only when close() failed")
 
 
 def broker_steps_ok(monkeypatch, connection):
