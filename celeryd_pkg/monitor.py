@@ -115,7 +115,10 @@ def consumed_queues(consumer, configured):
 class Readiness(bootsteps.StartStopStep):
     """Consumer bootstep: READY=1 once the task consumer exists, STOPPING=1 at shutdown."""
 
-    requires = ("celery.worker.consumer.tasks:Tasks",)
+    # After Control too: READY=1 also means the worker answers remote control. Without it
+    # Celery starts this step before the pidbox queue is bound, and a broadcast sent right
+    # after READY=1 (celeryd-admin drain, status) is lost.
+    requires = ("celery.worker.consumer.tasks:Tasks", "celery.worker.consumer.control:Control")
 
     def __init__(self, c, **kwargs):
         super().__init__(c, **kwargs)

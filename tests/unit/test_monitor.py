@@ -1,6 +1,11 @@
 """When the worker deserves a watchdog ping, and what it tells systemd."""
 
+import os
+import subprocess
+import sys
 from types import SimpleNamespace
+
+import pytest
 
 from celeryd_pkg.monitor import Monitor
 
@@ -86,3 +91,32 @@ def test_status_says_stopping_or_reloading_while_a_stop_finishes_the_tasks_in_fl
     assert m.status_line() == "Stopping: taking no new tasks; 0 tasks done, 0 in flight"
     m.reloading = True
     assert m.status_line().startswith("Reloading: taking no new tasks; ")
+
+
+STEP_ORDER = """
+from celery import Celery
+from celery.worker.consumer import Consumer
+from celeryd_pkg.monitor import Readiness
+from celeryd_pkg.stopping import FinishBeforeStop
+app = Celery(set_as_current=False)
+app.steps["consumer"].add(Readiness)
+app.steps["consumer"].add(FinishBeforeStop)
+blueprint = Consumer.Blueprint(steps=app.steps["consumer"])
+blueprint.steps = {}
+print(" ".join(step.name for step in blueprint._finalize_steps(blueprint.claim_steps())))
+"""
+
+
+@pytest.mark.parametrize("hash_seed", ["0", "1", "2", "3", "4"])
+def test_ready_is_sent_only_after_the_remote_control_queue_is_consumed(hash_seed):
+    # Celery's own step order for the worker's consumer, with celeryd's steps added as
+    # worker.py adds them: a broadcast sent on READY=1 must find the pidbox queue bound.
+    # Celery sorts steps that do not require each other by string hashes: the order
+    # changes from one process to the next, so each seed is a process of its own.
+    order = subprocess.run([sys.executable, "-c", STEP_ORDER], capture_output=True, text=True,
+                           check=True, env={**os.environ, "PYTHONHASHSEED": hash_seed}
+                           ).stdout.split()
+    assert order.index("celeryd_pkg.monitor.Readiness") > order.index(
+        "celery.worker.consumer.control.Control"), order
+    assert order.index("celeryd_pkg.monitor.Readiness") > order.index(
+        "celery.worker.consumer.tasks.Tasks"), order
