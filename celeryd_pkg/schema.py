@@ -76,6 +76,13 @@ def check_backend(value):
         f"{value!r} is not one of {', '.join(RESULT_BACKENDS)}")
 
 
+def check_timezone(value):
+    """A beat.timezone value: a name of the tz database."""
+    from celeryd_pkg.slots import check_timezone
+
+    return check_timezone(value)
+
+
 SCHEMA = {
     "broker": {
         "host": Key(str, "localhost", "RabbitMQ host name or address."),
@@ -194,6 +201,21 @@ SCHEMA = {
         "timeout": Key(int, 30, "Seconds celery-submit waits for a result.", minimum=0),
         "queue": Key(str, "celery", "Queue celery-submit sends to by default."),
     },
+    "beat": {
+        "entries": Key(
+            dict, {}, "Periodic tasks, by name: task, args, kwargs, queue and every: SECONDS or "
+            "cron: \"m h dom mon dow\" (Celery's crontab). celery-beat.service sends them, "
+            "one host in the fleet at a time; a later file replaces an entry of the same name, "
+            "NAME: null removes it.",
+        ),
+        "timezone": Key(str, "UTC", "Time zone of the cron entries (every: counts from "
+                        "00:00 UTC).", check=check_timezone),
+        "heartbeat": Key(
+            int, 5, "AMQP heartbeat of the scheduler's connection in seconds: a leader that "
+            "stops answering (paused, cut off) loses the lead to a standby within 3 times "
+            "this; one that stops or crashes, within a second.", minimum=2,
+        ),
+    },
     "metrics": {
         "enabled": Key(bool, False, "Serve Prometheus metrics (celery-exporter's names) at "
                        "http://LISTEN/metrics from each worker."),
@@ -209,7 +231,7 @@ SCHEMA = {
 def defaults():
     """Return a fresh nested dict of every key's built-in default."""
     return {
-        section: {name: (list(key.default) if key.type is list else key.default)
+        section: {name: (key.type(key.default) if key.type in (list, dict) else key.default)
                   for name, key in keys.items()}
         for section, keys in SCHEMA.items()
     }

@@ -10,7 +10,7 @@ from celeryd_pkg.schema import SCHEMA
 __all__ = ["apply_file", "set_value", "permission_message"]
 
 TYPE_NAMES = {int: "an integer", str: "a string", list: "a list of strings",
-              bool: "true or false"}
+              bool: "true or false", dict: "a mapping (in a file)"}
 
 
 def _read_text(path):
@@ -59,13 +59,16 @@ def _parse_yaml(path, text):
         if loader is not None:
             loader.dispose()
     lines = {}
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            lines[(key_node.value,)] = key_node.start_mark.line + 1
-            if isinstance(value_node, yaml.MappingNode):
-                for sub_key, _ in value_node.value:
-                    lines[(key_node.value, sub_key.value)] = sub_key.start_mark.line + 1
+    _note_lines(node, (), lines, yaml.MappingNode)
     return data, lines
+
+
+def _note_lines(node, path, lines, mapping, depth=4):
+    """Record the line of every key down to depth levels (beat.entries.NAME.KEY) in lines."""
+    if depth and isinstance(node, mapping):
+        for key_node, value_node in node.value:
+            lines[path + (key_node.value,)] = key_node.start_mark.line + 1
+            _note_lines(value_node, path + (key_node.value,), lines, mapping, depth - 1)
 
 
 def _parse(path, text):
@@ -138,9 +141,32 @@ def _merge(values, path, data, lines, allowed):
                 problems.append(f"celeryd: {where}: unknown key "
                                 f"'{_shown(section)}.{_shown(key)}'{hint}")
                 continue
-            set_value(values, (section, key), value, where, problems)
+            if SCHEMA[section][key].type is dict and isinstance(value, (dict, type(None))):
+                _merge_entries(values, path, (section, key), value or {}, lines, problems)
+            else:
+                set_value(values, (section, key), value, where, problems)
     if problems:
         raise ConfigError("\n".join(problems))
+
+
+def _merge_entries(values, path, key, entries, lines, problems):
+    """Merge a file's named entries (beat.entries) into values: each checked on its own, a
+    later file's entry replacing one of the same name, NAME: null removing it."""
+    from celeryd_pkg.schedule import check_entry
+
+    merged = values[key[0]][key[1]]
+    for name, body in entries.items():
+        shown = f"{'.'.join(key)}.{_shown(name)}"
+        if body is None:
+            merged.pop(name, None)
+            continue
+        found = check_entry(name, body)
+        for option, problem in found:
+            line = lines.get(key + (name, option) if option else key + (name,), "?")
+            option = f".{_shown(option)}" if option else ""
+            problems.append(f"celeryd: {path}: line {line}: {shown}{option}: {problem}")
+        if not found:
+            merged[name] = body
 
 
 def set_value(values, key, value, where, problems, from_text=False):
@@ -156,7 +182,7 @@ def set_value(values, key, value, where, problems, from_text=False):
     if error:
         problems.append(f"celeryd: {where}: {section}.{name}: {error}")
         return
-    values[section][name] = list(value) if isinstance(value, list) else value
+    values[section][name] = type(value)(value) if isinstance(value, (list, dict)) else value
 
 
 BOOLEAN_TEXT = {"true": True, "yes": True, "on": True, "1": True,

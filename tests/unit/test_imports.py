@@ -13,7 +13,7 @@ WORKER_MODULES = ("app", "worker", "tasks", "monitor", "notify", "admin", "poiso
                   "panel", "metrics", "journal", "stopping")
 # The config layer may import only itself.
 CONFIG_MODULES = ("config", "validate", "schema", "errors", "files", "account",
-                  "parsecache")
+                  "parsecache", "schedule", "slots")
 
 
 def module_file(root, name):
