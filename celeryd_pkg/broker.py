@@ -39,16 +39,17 @@ def ssl_options(broker):
     return options
 
 
-def connect(config, vhost=None):
-    """Given a Config, return a connected amqp.Connection. Raise BrokerUnreachable or
-    AccessRefused (with the masked URL and a hint) when the broker can't be used."""
+def connect(config, vhost=None, heartbeat=0):
+    """Given a Config, return a connected amqp.Connection (with heartbeat seconds, which the
+    caller keeps up with heartbeat_tick()). Raise BrokerUnreachable or AccessRefused (with
+    the masked URL and a hint) when the broker can't be used."""
     import amqp
 
     b = config.broker
     connection = amqp.Connection(
         host=f"{b.host}:{b.port}", userid=b.user, password=b.password or "",
         virtual_host=b.vhost if vhost is None else vhost,
-        connect_timeout=b.connect_timeout, heartbeat=0, ssl=ssl_options(b))
+        connect_timeout=b.connect_timeout, heartbeat=heartbeat, ssl=ssl_options(b))
     try:
         connection.connect()
     except Exception as error:  # noqa: BLE001 - translated, never shown as a traceback

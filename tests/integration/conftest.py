@@ -154,9 +154,11 @@ def submit(config, *args, **kwargs):
 
 
 class WorkerProcess:
-    """A real `python3 -m celeryd_pkg.worker`, with a notify socket standing in for systemd."""
+    """A real `python3 -m celeryd_pkg.worker` (or another module: celeryd_pkg.beat), with a
+    notify socket standing in for systemd."""
 
-    def __init__(self, config, tmp_path, *args, watchdog_usec=None):
+    def __init__(self, config, tmp_path, *args, watchdog_usec=None, module="celeryd_pkg.worker",
+                 env=None):
         self.socket_path = str(tmp_path / f"notify-{secrets.token_hex(4)}.sock")
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(self.socket_path)
@@ -166,13 +168,13 @@ class WorkerProcess:
         self.closed = threading.Event()
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
-        extra = {"NOTIFY_SOCKET": self.socket_path}
+        extra = {"NOTIFY_SOCKET": self.socket_path, **(env or {})}
         if watchdog_usec:
             extra["WATCHDOG_USEC"] = str(watchdog_usec)
         self.log_path = tmp_path / f"worker-{secrets.token_hex(4)}.log"
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
-            [PYTHON, "-m", "celeryd_pkg.worker", "--config", str(config), *args],
+            [PYTHON, "-m", module, "--config", str(config), *args],
             env=clean_env(**extra), stdout=self.log, stderr=subprocess.STDOUT, cwd="/")
 
     def _read(self):
