@@ -1,5 +1,6 @@
 """celeryd-admin check: config, what tasks may reach, DNS, TCP, AMQP login, vhost, the result
-store's login (with results.backend: redis) and live workers, one line each.
+store's login (with results.backend: redis), the beat leader (with beat.entries) and live
+workers, one line each.
 
 No task code is imported: the workers are named through the control-only app.
 """
@@ -20,7 +21,8 @@ PING_TIMEOUT = 2.0
 
 @dataclasses.dataclass
 class Result:
-    """The outcome of one step: OK, FAIL (with a hint and an exit code) or SKIP."""
+    """The outcome of one step: OK, WARN (a hint, no failure), FAIL (a hint and an exit code)
+    or SKIP."""
 
     status: str
     name: str
@@ -51,7 +53,7 @@ def diagnose(config_file=None, env=os.environ, ping_timeout=PING_TIMEOUT):
     """Given the config file (or None for the default) and environment, yield one Result per
     step in STEPS; after the first FAIL the remaining steps are SKIPs."""
     state = {"config_file": config_file, "env": env, "ping_timeout": ping_timeout}
-    steps = [_config, _dns, _tcp, _login, _store, _workers]
+    steps = [_config, _dns, _tcp, _login, _store, _beat, _workers]
     done = []
     for step in steps:
         try:
@@ -212,6 +214,27 @@ def _store(state):
                 "once fixed (celeryd-admin store-setup on the store host sets it up)")
         raise _Failed(_fail("store", translated.message, hint, translated.exit_code)) from None
     return [Result("OK", "store", f"logged in at {url}")]
+
+
+def _beat(state):
+    """With beat.entries here, some celery-beat must lead: a warning, not a failure (the
+    workers run without it). No line without entries."""
+    settings = state["config"]
+    if not settings.beat.entries:
+        return []
+    from celeryd_pkg import leader
+
+    try:
+        held = leader.lock_held(state["connection"])
+        last = leader.read_state(state["connection"]) or {} if held else {}
+    except Exception:  # noqa: BLE001 - the workers step reports a broker that went away
+        return []
+    count = len(settings.beat.entries)
+    if held:
+        return [Result("OK", "beat", f"celery-beat on {last.get('leader') or 'a host'} leads; "
+                                     f"{count} entries in beat.entries here")]
+    return [Result("WARN", "beat", f"no celery-beat leads: the {count} entries of beat.entries "
+                   f"are not sent", "systemctl enable --now celery-beat on one or more hosts")]
 
 
 def _workers(state):

@@ -1,4 +1,5 @@
-"""The report of celeryd-admin status: nodes, queues and one verdict, as an object and as text.
+"""The report of celeryd-admin status: nodes, queues, the beat leader and one verdict, as an
+object and as text.
 
 Pure functions over what status.py gathered (the workers' celeryd_status replies, the broker's
 queue depths, the nodes remembered from earlier runs), so every rule is tested without a broker.
@@ -8,12 +9,15 @@ from datetime import datetime, timezone
 
 from celeryd_pkg.poison import DEAD_QUEUE
 
-__all__ = ["REPLY_KEYS", "IDENTITY_KEYS", "report", "render", "human_duration", "iso"]
+__all__ = ["REPLY_KEYS", "IDENTITY_KEYS", "report", "render", "human_duration", "iso",
+           "beat_entry"]
 
 # The keys of a celeryd_status reply (contract of issue 16): every node entry has them all.
 REPLY_KEYS = ("node", "host", "instance", "version", "celery", "pid", "uptime", "concurrency",
               "queues", "configured_queues", "draining", "active", "held", "held_by_queue",
               "received", "succeeded", "failed", "retried")
+# How many of the entries due next the text shows (--json has them all).
+NEXT_SHOWN = 5
 # What a silent node keeps from its last answer: what it is, not what it was doing.
 IDENTITY_KEYS = ("node", "host", "instance", "version", "celery", "concurrency",
                  "configured_queues")
@@ -24,16 +28,42 @@ def iso(moment):
     return moment.astimezone(timezone.utc).isoformat(timespec="seconds")
 
 
-def report(depths, replies, known, now):
+def report(depths, replies, known, now, beat=None):
     """Given {queue: QueueDepth or None} (None: no such queue), {node: reply} of the nodes that
-    answered now, {node: {"last_seen", "reply"}} remembered from earlier runs and the time,
-    return the object `status --json` prints."""
+    answered now, {node: {"last_seen", "reply"}} remembered from earlier runs, the time and
+    the beat_entry(), return the object `status --json` prints."""
     nodes = _node_entries(replies, known, now)
     up = [entry for entry in nodes if entry["state"] != "silent"]
     queues = [_queue_entry(name, depth, up) for name, depth in depths.items()]
     reasons = _reasons(nodes, queues, iso(now))
+    if beat and not beat["leading"]:
+        reasons.append("no celery-beat leads: periodic tasks are not sent (systemctl enable "
+                       "--now celery-beat on one or more hosts)")
     return {"verdict": "DEGRADED" if reasons else "OK", "reasons": reasons, "time": iso(now),
-            "nodes": nodes, "queues": queues, "beat": None}
+            "nodes": nodes, "queues": queues, "beat": beat}
+
+
+def beat_entry(configured, held, state):
+    """The `beat` object of status --json: who leads (held: the lock is taken now; state: the
+    last one a leader published) and the entries' next slots; None when there are no periodic
+    tasks here (configured: beat.entries of this host) nor on record."""
+    state = state if isinstance(state, dict) else {}
+    upcoming = {name: slot for name, slot in (state.get("next") or {}).items()
+                if isinstance(slot, (int, float))}
+    if not configured and not upcoming and not held:
+        return None
+
+    def at(stamp):
+        if not isinstance(stamp, (int, float)):
+            return None
+        return iso(datetime.fromtimestamp(stamp, timezone.utc))
+
+    return {"leading": held, "leader": state.get("leader") if held else None,
+            "since": at(state.get("since")) if held else None,
+            "last_leader": state.get("leader"), "released": at(state.get("released")),
+            "updated": at(state.get("updated")),
+            "next": [{"entry": name, "at": at(slot)}
+                     for name, slot in sorted(upcoming.items(), key=lambda item: item[1])]}
 
 
 def _node_entries(replies, known, now):
@@ -158,7 +188,26 @@ def render(result):
                "" if queue["ready"] is not None else "  does not exist"]
               for queue in result["queues"]]
     lines += [""] + _table(["QUEUE", "READY", "UNACKED", "CONSUMERS"], queues, left={0})
+    lines += _beat_lines(result.get("beat"))
     verdict = result["verdict"]
     if result["reasons"]:
         verdict += ": " + "; ".join(result["reasons"])
     return "\n".join(lines + ["", verdict])
+
+
+def _beat_lines(beat):
+    if not beat:
+        return []
+    if beat["leading"]:
+        head = f"BEAT: celery-beat on {beat['leader'] or '?'} leads since {_when(beat['since'])}"
+    else:
+        head = "BEAT: no celery-beat leads"
+        if beat["last_leader"]:
+            how = f"let go {_when(beat['released'])}" if beat["released"] else \
+                f"last heard of {_when(beat['updated'])}"
+            head += f" (the last leader, {beat['last_leader']}, {how})"
+    rows = [[entry["entry"], _when(entry["at"])] for entry in beat["next"][:NEXT_SHOWN]]
+    more = len(beat["next"]) - NEXT_SHOWN
+    return (["", head] + (_table(["ENTRY", "NEXT"], rows, left={0, 1}) if rows and
+                          beat["leading"] else [])
+            + ([f"and {more} more"] if more > 0 and beat["leading"] else []))

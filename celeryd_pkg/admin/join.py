@@ -1,5 +1,5 @@
 """celeryd-admin join: the credentials (and the broker's CA) from a join string, and the worker
-units' IPAddressAllow= drop-in for that broker.
+and beat units' IPAddressAllow= drop-in for that broker.
 
 The units allow only localhost (IPAddressDeny=any); a worker whose broker is on another host
 must be let through to that host's addresses, and to the resolver's when it is named by DNS.
@@ -18,7 +18,7 @@ from celeryd_pkg.errors import BrokerUnreachable, UsageError
 
 __all__ = ["UNITS", "DROPIN", "broker_addresses", "installed_units", "allow_broker", "COMMANDS"]
 
-UNITS = ("celery-worker.service", "celery-worker@.service")
+UNITS = ("celery-worker.service", "celery-worker@.service", "celery-beat.service")
 DROPIN = "50-celeryd-broker.conf"
 UNIT_DIRS = ("lib/systemd/system", "usr/lib/systemd/system")
 
@@ -50,14 +50,15 @@ def broker_addresses(host, root="/"):
 
 
 def installed_units(root="/"):
-    """The worker units installed under root (none on a host with only celery-submit)."""
+    """The worker and beat units installed under root (none on a host with only
+    celery-submit)."""
     return [unit for unit in UNITS if any((Path(root) / d / unit).exists() for d in UNIT_DIRS)]
 
 
 def allow_broker(host, root="/"):
-    """Write the drop-in letting each installed worker unit reach host; reload systemd if it
-    runs. Return the paths written ([] when no worker unit is installed, as on a host with
-    only celery-submit)."""
+    """Write the drop-in letting each installed worker and beat unit reach host; reload systemd
+    if it runs. Return the paths written ([] when no worker unit is installed, as on a host
+    with only celery-submit)."""
     root = Path(root)
     installed = installed_units(root)
     if not installed:

@@ -108,10 +108,11 @@ def queue_names(config, replies, known):
 
 
 def gather(config, app, known, timeout=DEFAULT_TIMEOUT):
-    """Ask the nodes and the broker; return ({queue: QueueDepth or None}, {node: reply}).
+    """Ask the nodes and the broker; return ({queue: QueueDepth or None}, {node: reply}, the
+    beat report).
     celeryd.dead is left out when it does not exist. Raise a CelerydError (exit 4 or 5) when
     the broker cannot be used."""
-    from celeryd_pkg import broker
+    from celeryd_pkg import broker, leader
 
     connection = broker.connect(config)
     try:
@@ -125,6 +126,8 @@ def gather(config, app, known, timeout=DEFAULT_TIMEOUT):
             names = queue_names(config, replies, known)
             if list(depths) != names:  # a node found now consumes a queue not asked about
                 depths = broker.queue_depths(connection, names)
+        beat = fleet.beat_entry(bool(config.beat.entries), leader.lock_held(connection),
+                                leader.read_state(connection))
     except CelerydError:
         raise
     except Exception as error:  # noqa: BLE001 - translated, never a traceback
@@ -133,7 +136,7 @@ def gather(config, app, known, timeout=DEFAULT_TIMEOUT):
         broker.close(connection)
     if depths.get(fleet.DEAD_QUEUE) is None:
         depths.pop(fleet.DEAD_QUEUE, None)
-    return depths, replies
+    return depths, replies, beat
 
 
 def _someone_missing(replies, known, depths):
@@ -150,7 +153,7 @@ def _someone_missing(replies, known, depths):
 def snapshot(config, app, path, timeout=DEFAULT_TIMEOUT, now=None):
     """Gather, remember the nodes that answered in path, and return the report object."""
     known = load_known(path)
-    depths, replies = gather(config, app, known, timeout)
+    depths, replies, beat = gather(config, app, known, timeout)
     now = now or datetime.now(timezone.utc)
     for node, reply in replies.items():
         if isinstance(reply, dict) and "error" not in reply:
@@ -158,7 +161,7 @@ def snapshot(config, app, path, timeout=DEFAULT_TIMEOUT, now=None):
         else:
             known[node] = {**known.get(node, {}), "last_seen": fleet.iso(now)}
     save_known(path, known)
-    return fleet.report(depths, replies, known, now)
+    return fleet.report(depths, replies, known, now, beat)
 
 
 def _show(config, app, args, path, out):

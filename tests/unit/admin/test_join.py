@@ -56,17 +56,20 @@ def test_join_amqps_writes_the_ca_beside_the_config_and_turns_tls_on(capsys, mon
     assert loaded.plain_remote_warning() is None
 
 
-def test_join_lets_installed_worker_units_reach_the_broker(capsys, monkeypatch, etc, tmp_path):
+def test_join_lets_installed_worker_and_beat_units_reach_the_broker(capsys, monkeypatch, etc,
+                                                                     tmp_path):
     main, creds = etc
     root = tmp_path / "root"
     (root / "lib/systemd/system").mkdir(parents=True)
-    (root / "lib/systemd/system/celery-worker.service").write_text("[Service]\n")
-    (root / "lib/systemd/system/celery-worker@.service").write_text("[Service]\n")
+    for unit in ("celery-worker.service", "celery-worker@.service", "celery-beat.service"):
+        (root / "lib/systemd/system" / unit).write_text("[Service]\n")
     monkeypatch.setenv("CELERYD_ROOT", str(root))
     code, out, err = run(capsys, "join", "-", "--allow-plain", "--config", str(main),
                          "--group", "root", stdin=f"amqp://u:{SECRET}@10.9.8.7/v",
                          monkeypatch=monkeypatch)
     assert code == 0, err
+    assert join.UNITS == ("celery-worker.service", "celery-worker@.service",
+                          "celery-beat.service")
     for unit in join.UNITS:
         text = (root / "etc/systemd/system" / f"{unit}.d" / join.DROPIN).read_text()
         assert "[Service]\nIPAddressAllow=10.9.8.7\n" in text

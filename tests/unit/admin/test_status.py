@@ -241,7 +241,7 @@ def fleet_answers(monkeypatch, cache, etc):
 
     def gather(config, app, known, timeout):
         answers["timeouts"].append(timeout)
-        return dict(answers["depths"]), dict(answers["replies"])
+        return dict(answers["depths"]), dict(answers["replies"]), answers.get("beat")
     monkeypatch.setattr(status, "gather", gather)
     return answers
 
@@ -274,7 +274,7 @@ def test_watch_redraws_shows_a_broker_outage_and_ctrl_c_exits_0(
         outcome = outcomes.pop(0)
         if outcome:
             raise outcome
-        return dict(HEALTHY), dict(TWO)
+        return dict(HEALTHY), dict(TWO), None
     sleeps = []
 
     def sleep(seconds):
@@ -288,3 +288,35 @@ def test_watch_redraws_shows_a_broker_outage_and_ctrl_c_exits_0(
     lines = out.splitlines()
     assert len(lines) == 3 and lines[1] == "cannot connect to broker at localhost:5672"
     assert json.loads(lines[0])["verdict"] == json.loads(lines[2])["verdict"] == "OK"
+
+
+def test_beat_is_absent_without_entries_here_or_on_record():
+    assert fleet.beat_entry(False, False, None) is None
+    assert fleet.beat_entry(False, False, {"fired": {}, "next": {}}) is None
+
+
+def test_beat_names_the_leader_and_the_next_slots_in_order():
+    state = {"leader": "web1", "since": 1764558000.0, "updated": 1764558060.0,
+             "released": None, "next": {"nightly": 1764559800.0, "tick": 1764558062.0}}
+    beat = fleet.beat_entry(True, True, state)
+    assert (beat["leading"], beat["leader"], beat["since"]) == (
+        True, "web1", "2025-12-01T03:00:00+00:00")
+    assert beat["next"] == [{"entry": "tick", "at": "2025-12-01T03:01:02+00:00"},
+                            {"entry": "nightly", "at": "2025-12-01T03:30:00+00:00"}]
+    result = fleet.report(HEALTHY, TWO, {}, NOW, beat)
+    assert result["verdict"] == "OK" and result["beat"] is beat
+    text = fleet.render(result)
+    assert "BEAT: celery-beat on web1 leads since 2025-12-01 03:00:00 UTC" in text
+    assert "tick     2025-12-01 03:01:02 UTC" in text
+
+
+def test_no_leader_with_entries_is_degraded_and_says_who_led_last():
+    state = {"leader": "web1", "released": 1764558000.0, "next": {"tick": 1764558062.0}}
+    beat = fleet.beat_entry(True, False, state)
+    assert (beat["leading"], beat["leader"], beat["last_leader"]) == (False, None, "web1")
+    result = fleet.report(HEALTHY, TWO, {}, NOW, beat)
+    assert result["verdict"] == "DEGRADED"
+    assert result["reasons"][-1].startswith("no celery-beat leads")
+    text = fleet.render(result)
+    assert ("BEAT: no celery-beat leads (the last leader, web1, let go 2025-12-01 03:00:00 "
+            "UTC)") in text and "tick" not in text.split("BEAT:")[1]
