@@ -254,6 +254,12 @@ class Container:
             cmd = ['runuser', '-u', user, '--', *cmd]
         return _sh(['nsenter', '-t', str(self.pid), '-a', '--', *cmd], check, timeout, input)
 
+    def cut_off(self, off=True):
+        """Take the container's network link down (off) or up again: to every other host it
+        looks powered off, while its processes run on and are back when the link is."""
+        _sh(['nsenter', '-t', str(self.pid), '-n', 'ip', 'link', 'set', 'host0',
+             'down' if off else 'up'])
+
     def journal(self, unit=None, lines=None):
         """Return this boot's journal (of one unit if given), possibly only its last lines."""
         cmd = ['journalctl', '-b', '--no-pager'] + (['-u', unit] if unit else [])

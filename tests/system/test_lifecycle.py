@@ -136,6 +136,9 @@ def test_install_without_a_broker_succeeds_with_the_one_line_hint(machine):
     assert machine.run(["test", "-e", CREDENTIALS], check=False).returncode == 1
     assert show(machine, "ActiveState") == "inactive"
     assert show(machine, "UnitFileState") == "enabled"
+    # The scheduler runs only where the operator enables it.
+    assert show(machine, "UnitFileState", "celery-beat") == "disabled"
+    assert show(machine, "ActiveState", "celery-beat") == "inactive"
 
 
 def test_the_setup_finishes_by_itself_when_the_broker_arrives_then_adds_4_4(machine):
@@ -251,7 +254,8 @@ def test_security_exposure_is_within_the_recorded_target(machine):
     # which systemd loads for the query without starting it.
     with open(os.path.join(REPO, "tests", "system", "expected-security.txt")) as f:
         targets = dict(line.split() for line in f if line.strip() and not line.startswith("#"))
-    assert sorted(targets) == ["celery-worker.service", "celery-worker@.service"]
+    assert sorted(targets) == ["celery-beat.service", "celery-worker.service",
+                               "celery-worker@.service"]
     scores = {}
     for unit in targets:
         measured = unit.replace("@.", "@security.")
@@ -262,6 +266,38 @@ def test_security_exposure_is_within_the_recorded_target(machine):
         print(f"{machine.suite}: systemd-analyze security {measured} = {scores[unit]}")
     for unit, score in scores.items():
         assert score <= float(targets[unit]) <= 0.9, unit
+
+
+BEAT_DROPIN = "/etc/celeryd/conf.d/60-beat.yaml"
+
+
+def beat_entry(machine, every):
+    machine.run(f"cat > {BEAT_DROPIN} && chmod 644 {BEAT_DROPIN}",
+                input=f"beat:\n  entries:\n    tick: {{task: celeryd.add, args: [2, 2], "
+                      f"every: {every}}}\n")
+
+
+def test_celery_beat_enabled_leads_sends_its_entry_and_refuses_a_bad_reload(machine):
+    beat_entry(machine, 1)
+    machine.run(["systemctl", "enable", "--now", "celery-beat"], timeout=120)
+    assert show(machine, "StatusText", "celery-beat").startswith("Leading since "), \
+        machine.journal(unit="celery-beat")
+    wait_until(lambda: len(received(machine, "celeryd.add")) >= 3, 30, "3 adds from the beat")
+    assert stat(machine, "/var/lib/celeryd/beat-state.json") == "celery:celery 640"
+    pid = show(machine, "MainPID", "celery-beat")
+    beat_entry(machine, -1)
+    machine.run(["systemctl", "reload", "celery-beat"])
+    wait_until(lambda: "reload refused" in machine.journal(unit="celery-beat"), 30,
+               "the bad reload to be refused")
+    assert "beat.entries.tick.every: must be at least 1 second" in \
+        machine.journal(unit="celery-beat")
+    assert_active(machine, "celery-beat")
+    beat_entry(machine, 2)
+    machine.run(["systemctl", "reload", "celery-beat"])
+    wait_until(lambda: "reloaded: 1 entries" in machine.journal(unit="celery-beat"), 30,
+               "the reload")
+    assert show(machine, "MainPID", "celery-beat") == pid
+    assert_active(machine, "celery-beat")
 
 
 def test_reinstall_keeps_credentials_and_local_edits(machine):
@@ -276,6 +312,7 @@ def test_reinstall_keeps_credentials_and_local_edits(machine):
 
 def test_upgrade_keeps_credentials_and_local_edits_and_restarts_the_worker(machine):
     credentials, pid = sha256(machine, CREDENTIALS), show(machine, "MainPID")
+    beat_pid = show(machine, "MainPID", "celery-beat")
     machine.run(f"cd {UPGRADE_DIR} && apt-get install -y ./*.deb", timeout=600)
     version = machine.run(["dpkg-query", "-W", "-f", "${Version}", "celeryd"]).stdout
     assert version == UPGRADE_VERSION
@@ -285,11 +322,15 @@ def test_upgrade_keeps_credentials_and_local_edits_and_restarts_the_worker(machi
     assert_active(machine, "celery-worker")
     assert show(machine, "MainPID") != pid  # the new code runs
     assert submit(machine, "add", "4", "4").stdout == "8\n"
+    # The scheduler enabled above was running: it runs the new code too.
+    assert show(machine, "MainPID", "celery-beat") != beat_pid
+    assert show(machine, "StatusText", "celery-beat").startswith("Leading since ")
 
 
 def test_remove_keeps_config_credentials_and_the_broker_account(machine):
     machine.run(["apt-get", "remove", "-y", "celeryd"], timeout=600)
     assert show(machine, "ActiveState") == "inactive"
+    assert show(machine, "ActiveState", "celery-beat") == "inactive"
     for path in (CONFIG, CREDENTIALS, "/var/lib/celeryd"):
         assert machine.run(["test", "-e", path], check=False).returncode == 0, path
     assert "celery" in machine.run(["rabbitmqctl", "-q", "list_users"]).stdout.split()
@@ -299,6 +340,8 @@ def test_purge_leaves_nothing_of_ours(machine):
     machine.run(["apt-get", "purge", "-y", "celeryd", "celery-submit", "python3-celeryd-pkg"],
                 timeout=600)
     gone = ["/etc/celeryd", "/var/lib/celeryd", "/lib/systemd/system/celery-worker.service",
+            "/lib/systemd/system/celery-beat.service",
+            "/etc/systemd/system/multi-user.target.wants/celery-beat.service",
             "/lib/systemd/system/celery-worker@.service", "/usr/bin/celery-submit",
             "/usr/sbin/celeryd-admin", "/usr/lib/python3/dist-packages/celeryd_pkg",
             "/etc/systemd/system/multi-user.target.wants/celery-worker.service",

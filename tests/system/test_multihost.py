@@ -25,13 +25,14 @@ from tests.system import harness
 from tests.system.conftest import _print_on_failure
 
 SUBNET = "10.231.7"
-HOSTS = {"broker": 1, "worker-a": 2, "worker-b": 3, "client": 4}
+HOSTS = {"broker": 1, "worker-a": 2, "worker-b": 3, "client": 4, "beat-c": 5}
 BROKER_IP = f"{SUBNET}.{HOSTS['broker']}"
 PACKAGES = {  # what each host installs from /root/debs (plus the archive's dependencies)
     "broker": ["python3-celeryd-pkg", "rabbitmq-server", "openssl"],
     "worker-a": ["python3-celeryd-pkg", "celeryd"],
     "worker-b": ["python3-celeryd-pkg", "celeryd"],
     "client": ["python3-celeryd-pkg", "celery-submit"],
+    "beat-c": ["python3-celeryd-pkg", "celeryd"],  # a third scheduler host (its worker idles)
 }
 TASKS, TASK_SECONDS = 200, 0.5
 OUT = "/root/results"
@@ -40,7 +41,7 @@ joined = {}  # join strings, from the broker host to the others: {(suite, host):
 
 @pytest.fixture(scope="module", params=harness.SUITES, ids=harness.SUITES)
 def hosts(request, prerequisites, debs):
-    """The four booted machines of the suite on a bridge of their own: {role: Container}."""
+    """The five booted machines of the suite on a bridge of their own: {role: Container}."""
     with harness.Bridge(subnet=SUBNET) as bridge:
         machines = {}
         try:
@@ -358,6 +359,105 @@ def test_a_result_kept_in_the_store_is_found_from_another_host_after_the_sender_
     check = admin(client, "check")
     assert f"OK   store: logged in at rediss://client-client:***@{BROKER_IP}:6380/0" in \
         check.stdout, check.stdout
+
+
+BEAT_CONFIG = """\
+beat:
+  entries:
+    tick: {task: celeryd.add, args: [1, 1], every: 2, queue: beat-proof}
+"""
+# Run on a worker host: declares the queue nobody consumes that the beat sends to ("declare"),
+# or prints what is in it ("drain"): [[entry, slot, task id], ...].
+PROOF = """
+import json, sys
+from celeryd_pkg import broker, config
+connection = broker.connect(config.load())
+channel = connection.channel()
+channel.queue_declare("beat-proof", durable=True)
+sent = []
+while sys.argv[1] == "drain" and (message := channel.basic_get("beat-proof", no_ack=True)):
+    headers = message.properties["application_headers"]
+    sent.append([headers["beat_entry"], headers["beat_slot"], headers["id"]])
+print(json.dumps(sent))
+broker.close(connection)
+"""
+BEAT_HOSTS = ("worker-a", "worker-b", "beat-c")
+
+
+def beat_status(machine):
+    return json.loads(machine.run(["celeryd-admin", "status", "--json", "--timeout", "0.5"],
+                                  check=False, timeout=60).stdout)["beat"]
+
+
+def wait_for_beat_leader(machine, besides=None, timeout=60):
+    """The host name of the scheduler that leads, as celeryd-admin status on machine names it,
+    once one other than besides does."""
+    def leader():
+        beat = beat_status(machine)
+        return beat and beat["leading"] and beat["leader"] != besides and beat["leader"]
+    return harness.wait_until(leader, timeout, "a celery-beat leader")
+
+
+def test_beat_on_three_hosts_one_leads_every_slot_once_though_the_leader_is_cut_off(hosts):
+    broker, worker_b = hosts["broker"], hosts["worker-b"]
+    beat_c = hosts["beat-c"]
+    install(beat_c, "beat-c")
+    string = admin(broker, "provision", "--for-host", "beat-c", "--role", "worker",
+                   "--broker-host", BROKER_IP).stdout
+    admin(beat_c, "join", "-", input=string)
+    worker_b.run(["python3", "-c", PROOF, "declare"])
+    machines = {}
+    for role in BEAT_HOSTS:
+        machine = hosts[role]
+        machine.run("cat > /etc/celeryd/conf.d/60-beat.yaml && chmod 644 "
+                    "/etc/celeryd/conf.d/60-beat.yaml", input=BEAT_CONFIG)
+        machine.run(["systemctl", "enable", "--now", "celery-beat"], timeout=120)
+        machines[machine.run(["hostname"]).stdout.strip()] = machine
+    first = wait_for_beat_leader(worker_b)
+    statuses = {name: machine.run(["systemctl", "show", "-p", "StatusText", "--value",
+                                   "celery-beat"]).stdout for name, machine in machines.items()}
+    assert sum(text.startswith("Leading") for text in statuses.values()) == 1, statuses
+    time.sleep(20)
+    leader = machines[first]
+    observer = next(m for name, m in machines.items() if name != first)
+    cut = time.time()
+    leader.cut_off()
+    try:
+        second = wait_for_beat_leader(observer, besides=first, timeout=120)
+        took = time.time() - cut
+        time.sleep(max(0.0, 60 - (time.time() - cut)))
+    finally:
+        leader.cut_off(False)
+    # Back on the network, the old leader finds its lead gone and stands by.
+    harness.wait_until(lambda: "lost the lead" in leader.journal(unit="celery-beat"), 60,
+                       "the old leader to notice")
+    time.sleep(5)
+    # A clean stop of the new leader: the next one catches up, no slot lost.
+    stopped = time.time()
+    machines[second].run(["systemctl", "stop", "celery-beat"], timeout=60)
+    third = wait_for_beat_leader(observer if observer is not machines[second] else leader,
+                                 besides=second)
+    handed = time.time() - stopped
+    time.sleep(6)
+    for machine in machines.values():
+        machine.run(["systemctl", "disable", "--now", "celery-beat"], timeout=60)
+    sent = json.loads(worker_b.run(["python3", "-c", PROOF, "drain"]).stdout)
+
+    fires = collections.Counter(slot for _, slot, _ in sent)
+    slots = sorted(fires)
+    every = [slots[0] + 2 * n for n in range(int((slots[-1] - slots[0]) / 2) + 1)]
+    missing = [slot for slot in every if slot not in fires]
+    table = collections.Counter(fires[slot] for slot in every)
+    print(f"\nbeat {broker.suite}: {len(every)} slots of every: 2 over "
+          f"{slots[-1] - slots[0]:.0f} s: fired once {table[1]}, twice {table[2]}, "
+          f"never {table[0]}; leader {first} cut off, {second} led {took:.1f} s later; "
+          f"{second} stopped, {third} led {handed:.1f} s later; missing "
+          f"{[time.strftime('%H:%M:%S', time.gmtime(s)) for s in missing]}, cut at "
+          f"{time.strftime('%H:%M:%S', time.gmtime(cut))}")
+    assert not [slot for slot, n in fires.items() if n > 1], fires
+    assert all(cut - 2 < slot <= cut + took + 2 for slot in missing), (missing, cut, took)
+    assert took <= 3 * 5 + 2  # beat.heartbeat 5: the broker drops a silent leader by then
+    assert len(every) >= 35 and third != second
 
 
 def test_purge_on_a_worker_host_takes_its_join_with_it(hosts):

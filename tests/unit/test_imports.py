@@ -111,6 +111,15 @@ def test_the_config_layer_imports_nothing_of_celeryd_pkg_but_itself():
     assert violations(ROOT, PACKAGE, starts, consumer) == []
 
 
+def test_the_beat_imports_no_celery_app_task_code_or_admin_module():
+    # celery-beat talks AMQP through py-amqp and builds messages like celery-submit; only
+    # notify.py (systemd's socket) is shared with the worker side.
+    def forbidden(name):
+        return name != "notify" and any(name == w or name.startswith(w + ".")
+                                        for w in WORKER_MODULES)
+    assert violations(ROOT, PACKAGE, present(["beat"]), forbidden) == []
+
+
 def test_the_walker_follows_every_import_form_to_the_end_of_a_lazy_chain(tmp_path):
     package = tmp_path / "pkg"
     (package / "d").mkdir(parents=True)
