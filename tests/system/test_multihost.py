@@ -232,7 +232,9 @@ def test_a_named_instance_serves_its_own_queue_from_its_overlay(hosts):
                         timeout=120)
     outcome = json.loads(result.stdout)
     assert outcome["result"] == "hello"
-    assert f"[{outcome['id']}] succeeded" in worker_b.journal(unit="celery-worker@reports")
+    # Celery logs the success after it sent the result, and journald writes a moment later.
+    harness.wait_until(lambda: f"[{outcome['id']}] succeeded" in worker_b.journal(
+        unit="celery-worker@reports"), 20, "the reports worker's success line")
     assert outcome["id"] not in worker_log(worker_b)  # the default worker did not run it
 
 

@@ -193,7 +193,9 @@ def test_the_upgrade_keeps_what_the_operator_has_and_restarts_on_the_new_code(ma
     assert submit(machine, "add", "4", "4").stdout == "8\n"
     outcome = json.loads(submit(machine, "add", "1", "2", "--queue", "reports", "--json").stdout)
     assert outcome["result"] == 3
-    assert f"[{outcome['id']}] succeeded" in machine.journal(unit=WORKERS[1])
+    # Celery logs the success after it sent the result, and journald writes a moment later.
+    wait_until(lambda: f"[{outcome['id']}] succeeded" in machine.journal(unit=WORKERS[1]), 20,
+               "the reports worker's success line")
     check = machine.run(["/usr/sbin/celeryd-admin", "check"], check=False, timeout=300)
     assert check.returncode == 0, check.stdout + check.stderr
     assert {path: sha256(machine, path) for path in KEPT} == {p: recorded[p] for p in KEPT}
