@@ -213,7 +213,7 @@ SCHEMA = {
         "heartbeat": Key(
             int, 5, "AMQP heartbeat of the scheduler's connection in seconds: a leader that "
             "stops answering (paused, cut off) loses the lead to a standby within 3 times "
-            "this; one that stops or crashes, within a second.", minimum=2,
+            "this and a second; one that stops or crashes, within a second.", minimum=2,
         ),
     },
     "metrics": {

@@ -422,7 +422,7 @@ def test_beat_on_three_hosts_one_leads_every_slot_once_though_the_leader_is_cut_
     statuses = {name: machine.run(["systemctl", "show", "-p", "StatusText", "--value",
                                    "celery-beat"]).stdout for name, machine in machines.items()}
     assert sum(text.startswith("Leading") for text in statuses.values()) == 1, statuses
-    time.sleep(20)
+    time.sleep(10)
     leader = machines[first]
     observer = next(m for name, m in machines.items() if name != first)
     cut = time.time()
@@ -430,7 +430,7 @@ def test_beat_on_three_hosts_one_leads_every_slot_once_though_the_leader_is_cut_
     try:
         second, since = wait_for_beat_leader(observer, besides=first, timeout=120)
         took = since - cut  # the hosts share this machine's clock
-        time.sleep(max(0.0, 60 - (time.time() - cut)))
+        time.sleep(max(0.0, 45 - (time.time() - cut)))
     finally:
         leader.cut_off(False)
     # Back on the network, the old leader finds its lead gone and stands by.
@@ -464,7 +464,7 @@ def test_beat_on_three_hosts_one_leads_every_slot_once_though_the_leader_is_cut_
     # beat.heartbeat 5: RabbitMQ drops a silent connection within 3 heartbeats, and a standby
     # tries every second.
     assert took <= 3 * 5 + 1 + 1
-    assert len(every) >= 35 and third != second
+    assert len(every) >= 28 and third != second
 
 
 def test_purge_on_a_worker_host_takes_its_join_with_it(hosts):
