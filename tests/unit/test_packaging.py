@@ -628,7 +628,8 @@ def test_celery_beat_has_the_workers_hardening_without_the_pool_relaxations(rend
     assert beat["StateDirectory"] == ["celeryd"] and beat["WatchdogSec"] == ["30"]
     # Not enabled at install: the operator chooses the hosts (debian/rules).
     rules = (ROOT / "debian" / "rules").read_text()
-    assert "dh_installsystemd -pceleryd --no-enable --no-start celery-beat.service" in rules
+    assert ("dh_installsystemd -pceleryd --no-enable --no-start --no-stop-on-upgrade \\\n"
+            "\t\tcelery-beat.service") in rules
 
 
 def test_provisioning_unit_runs_once_after_a_local_broker_starts_without_credentials():
