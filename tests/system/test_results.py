@@ -125,7 +125,7 @@ def test_the_files_hold_no_password_and_only_their_owners_read_them(machine):
     admin, login = secrets_of(machine)
     for path in (ACLFILE, DROPIN, CONF_D):
         for secret in (admin, login):
-            assert machine.run(["grep", "-qF", secret, path], check=False).returncode == 1
+            assert machine.run(["grep", "-qF", "-e", secret, path], check=False).returncode == 1
     owners = machine.run(["stat", "-c", "%n %U:%G %a", ACLFILE, ADMIN_PASSWORD, CREDENTIALS,
                           DROPIN, CONF_D]).stdout.splitlines()
     assert owners == [f"{ACLFILE} root:redis 640", f"{ADMIN_PASSWORD} root:root 600",
@@ -218,7 +218,7 @@ def test_a_joined_host_takes_its_store_login_from_the_join_string(machine):
     check = machine.run([*web1, "celeryd-admin", "check"], check=False, timeout=120)
     assert "OK   store: logged in at rediss://client-web1:***@localhost:6380/0\n" in check.stdout
     secret = account_password(machine, "/srv/web1/etc/celeryd/credentials")
-    assert machine.run(["grep", "-qF", secret, ACLFILE], check=False).returncode == 1
+    assert machine.run(["grep", "-qF", "-e", secret, ACLFILE], check=False).returncode == 1
     # A client's account reads results and writes nothing.
     assert redis_as(machine, "admin", "ACL", "LOG") == []
     # Its accounts go on the broker host; that host's own login stays.
