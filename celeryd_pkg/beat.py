@@ -28,12 +28,15 @@ class LocalState:
         self.path = os.path.join(directory, "beat-state.json")
 
     def fired(self):
+        """{entry: last slot} of the file, made safe as the broker's state is."""
+        from celeryd_pkg.leader import clean_state
+
         try:
             with open(self.path, encoding="utf-8") as file:
-                fired = json.load(file).get("fired") or {}
-        except (OSError, ValueError, AttributeError):
+                state = clean_state(json.load(file))
+        except (OSError, ValueError):
             return {}
-        return {name: slot for name, slot in fired.items() if isinstance(slot, (int, float))}
+        return state["fired"] if state else {}
 
     def save(self, state):
         from celeryd_pkg import files

@@ -46,10 +46,10 @@ def report(depths, replies, known, now, beat=None):
 def beat_entry(configured, held, state):
     """The `beat` object of status --json: who leads (held: the lock is taken now; state: the
     last one a leader published) and the entries' next slots; None when there are no periodic
-    tasks here (configured: beat.entries of this host) nor on record."""
+    tasks here (configured: beat.entries of this host) nor on record. state is as
+    leader.read_state returns it (clean_state)."""
     state = state if isinstance(state, dict) else {}
-    upcoming = {name: slot for name, slot in (state.get("next") or {}).items()
-                if isinstance(slot, (int, float))}
+    upcoming = state.get("next") or {}  # leader.read_state keeps only times there
     if not configured and not upcoming and not held:
         return None
 
