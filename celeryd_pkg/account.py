@@ -12,12 +12,13 @@ from celeryd_pkg import files
 from celeryd_pkg.errors import ConfigError, UsageError
 
 __all__ = ["KEYS", "RESULTS_KEYS", "PORTS", "MODE", "default_port", "to_url", "from_url",
-           "mask_url", "default_results_port", "to_results_url", "encode_ca", "decode_ca", "load", "load_results", "render", "save",
-           "staged", "locked", "remove", "resolve_group"]
+           "mask_url", "addresses", "default_results_port", "to_results_url", "encode_ca",
+           "decode_ca", "load", "load_results", "render", "save", "staged", "locked", "remove",
+           "resolve_group"]
 
 # The only keys the credentials file may set, in the order it is written: where the broker is
 # and how to log in (the config loader accepts nothing else in that file).
-KEYS = ("host", "port", "vhost", "user", "password", "tls", "ca_file", "server_name",
+KEYS = ("host", "port", "hosts", "vhost", "user", "password", "tls", "ca_file", "server_name",
         "allow_plain")
 # Its `results:` section: the result store's login (Redis ACL user), nothing else.
 RESULTS_KEYS = ("user", "password")
@@ -25,7 +26,8 @@ PORTS = {"amqp": 5672, "amqps": 5671}
 RESULTS_PORTS = {"redis": 6379, "rediss": 6380}
 # root:GROUP 0640: the workers (group celery) read the credentials, nobody else does.
 MODE = 0o640
-EXPECTED = "expected amqps://USER:PASSWORD@HOST[:PORT]/VHOST[?ca=...] (or amqp://)"
+EXPECTED = ("expected amqps://USER:PASSWORD@HOST[:PORT][,HOST[:PORT]...]/VHOST[?ca=...] "
+            "(or amqp://)")
 
 
 def default_port(tls):
@@ -45,13 +47,24 @@ def to_url(broker, masked=True, vhost=None, ca_file=None, results_password=None)
     secret = "***" if masked and password else quote(password, safe="")
     auth = quote(broker["user"], safe="") + (":" + secret if password else "")
     scheme = "amqps" if broker["tls"] else "amqp"
-    host = f"[{broker['host']}]" if ":" in broker["host"] else broker["host"]
-    port = broker.get("port") or default_port(broker["tls"])
-    url = f"{scheme}://{auth}@{host}:{port}/{quote(vhost, safe='')}"
+    netloc = ",".join(f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+                      for host, port in addresses(broker))
+    url = f"{scheme}://{auth}@{netloc}/{quote(vhost, safe='')}"
     query = ([f"ca={encode_ca(ca_file)}"] if ca_file else []) + (
         [f"results={quote(results_password, safe='')}"] if results_password and not masked
         else [])
     return f"{url}?{'&'.join(query)}" if query else url
+
+
+def addresses(broker):
+    """Given a broker mapping, return its nodes as [(host, port)]: broker.hosts in order
+    (each port defaulting to broker.port, then to the scheme's), else broker.host alone."""
+    from celeryd_pkg.schema import split_host
+
+    port = broker.get("port") or default_port(broker["tls"])
+    if not broker.get("hosts"):
+        return [(broker["host"], port)]
+    return [(host, own or port) for host, own in map(split_host, broker["hosts"])]
 
 
 def default_results_port(tls):
@@ -92,7 +105,8 @@ def mask_url(text):
 def from_url(text):
     """Given a join string amqp[s]://USER:PASSWORD@HOST[:PORT]/VHOST[?ca=CERT]
     (percent-encoded; CERT is the broker's CA certificate as base64url DER), return
-    {host, port, vhost, user, password, tls} plus ca (PEM) when given. Raise UsageError
+    {host, port, vhost, user, password, tls} plus ca (PEM) when given, and hosts
+    (HOST:PORT strings) when several nodes are named, comma-separated. Raise UsageError
     naming the wrong part, with the password masked."""
     from urllib.parse import unquote
 
@@ -127,7 +141,10 @@ def from_url(text):
         bad("URL", "a fragment (not supported)")
     hostpart, _, query = hostpart.partition("?")
     netloc, slash, path = hostpart.partition("/")
-    host, port = _host_port(netloc, bad, PORTS[scheme])
+    nodes = [_host_port(part, bad, PORTS[scheme]) for part in netloc.split(",")]
+    if len(set(nodes)) < len(nodes):
+        bad("host", "a node named twice")
+    host, port = nodes[0]
     if not slash or not path:
         bad("vhost", "no vhost (end the URL with /VHOST, e.g. /celery)")
     if "/" in path:
@@ -137,6 +154,8 @@ def from_url(text):
         bad("vhost", "control characters")
     broker = {"host": host, "port": port, "vhost": vhost, "user": user, "password": password,
               "tls": scheme == "amqps"}
+    if len(nodes) > 1:  # a cluster: the credentials file keeps every node
+        broker["hosts"] = [f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in nodes]
     for item in filter(None, query.split("&")):
         name, _, value = item.partition("=")
         if name == "results":
@@ -158,21 +177,13 @@ def from_url(text):
 
 
 def _host_port(netloc, bad, default):
-    if netloc.startswith("["):
-        host, bracket, after = netloc[1:].partition("]")
-        if not bracket or (after and not after.startswith(":")):
-            bad("host", "a malformed [IPv6] address")
-        port_text = after[1:] if after else None
-    else:
-        host, colon, port_text = netloc.partition(":")
-        port_text = port_text if colon else None
-    if not host or not all(c.isalnum() or c in ".-_:" for c in host):
-        bad("host", "no host name or an invalid one")
-    if port_text is None:
-        return host.lower(), default
-    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
-        bad("port", f"'{port_text}' is not a port number (1-65535)")
-    return host.lower(), int(port_text)
+    from celeryd_pkg.schema import split_host
+
+    try:
+        host, port = split_host(netloc)
+    except ValueError:
+        bad("host", f"'{netloc}' is not HOST or HOST:PORT (an IPv6 address in [], port 1-65535)")
+    return host, port or default
 
 
 def encode_ca(path):

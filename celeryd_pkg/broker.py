@@ -20,10 +20,10 @@ __all__ = ["connect", "close", "translate", "missing_queue", "ssl_options", "que
 QueueDepth = namedtuple("QueueDepth", "ready consumers")
 
 
-def ssl_options(broker):
-    """Given the broker section, return py-amqp's (and kombu's broker_use_ssl) TLS options:
-    False for plain AMQP, else a dict that verifies the broker's certificate and host name
-    unless broker.verify is off."""
+def ssl_options(broker, host=None):
+    """Given the broker section (and the node connected to, default broker.host), return
+    py-amqp's (and kombu's broker_use_ssl) TLS options: False for plain AMQP, else a dict that
+    verifies the broker's certificate and host name unless broker.verify is off."""
     if not broker.tls:
         return False
     import ssl
@@ -31,7 +31,7 @@ def ssl_options(broker):
     options = {"cert_reqs": ssl.CERT_REQUIRED if broker.verify else ssl.CERT_NONE}
     if broker.verify:
         # py-amqp checks the host name only when it is given one.
-        options["server_hostname"] = broker.server_name or broker.host
+        options["server_hostname"] = broker.server_name or host or broker.host
     for key, option in (("ca_file", "ca_certs"), ("cert_file", "certfile"),
                         ("key_file", "keyfile")):
         if getattr(broker, key):
@@ -41,20 +41,32 @@ def ssl_options(broker):
 
 def connect(config, vhost=None, heartbeat=0):
     """Given a Config, return a connected amqp.Connection (with heartbeat seconds, which the
-    caller keeps up with heartbeat_tick()). Raise BrokerUnreachable or AccessRefused (with
-    the masked URL and a hint) when the broker can't be used."""
+    caller keeps up with heartbeat_tick()) to the first node of the broker that answers, in
+    broker.hosts order. Raise BrokerUnreachable or AccessRefused (with the masked URL and a
+    hint) when the broker can't be used: a refusal at once, unreachable once every node is."""
     import amqp
 
     b = config.broker
-    connection = amqp.Connection(
-        host=f"{b.host}:{b.port}", userid=b.user, password=b.password or "",
-        virtual_host=b.vhost if vhost is None else vhost,
-        connect_timeout=b.connect_timeout, heartbeat=heartbeat, ssl=ssl_options(b))
-    try:
-        connection.connect()
-    except Exception as error:  # noqa: BLE001 - translated, never shown as a traceback
-        raise translate(error, config, vhost) from None
-    return connection
+    nodes = config.broker_addresses()
+    for tried, (host, port) in enumerate(nodes, 1):
+        netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        connection = amqp.Connection(
+            host=netloc, userid=b.user, password=b.password or "",
+            virtual_host=b.vhost if vhost is None else vhost,
+            connect_timeout=b.connect_timeout, heartbeat=heartbeat, ssl=ssl_options(b, host))
+        try:
+            connection.connect()
+            return connection
+        except Exception as error:  # noqa: BLE001 - translated, never shown as a traceback
+            failure = translate(error, config, vhost, node=(host, port))
+            # Accounts are cluster-wide: only a node out of reach is worth the next one.
+            if tried == len(nodes) or not isinstance(failure, BrokerUnreachable):
+                if tried > 1:
+                    failure.message = f"none of {tried} broker nodes answered; the last: " \
+                                      f"{failure.message}"
+                raise failure from None
+            close(connection)
+    raise AssertionError("broker_addresses() is never empty")
 
 
 def close(connection):
@@ -91,17 +103,18 @@ def queue_depths(connection, names):
     return depths
 
 
-def translate(error, config, vhost=None):
-    """Return the CelerydError that explains error (raised while talking to the broker
-    about vhost, by default the configured one)."""
+def translate(error, config, vhost=None, node=None):
+    """Return the CelerydError that explains error (raised while talking to the broker's
+    node (host, port), by default broker.host's, about vhost, by default the configured one)."""
     import amqp
 
     url = config.broker_url(vhost=vhost)
     b = config.broker
     vhost = b.vhost if vhost is None else vhost
+    host, port = node or (b.host, b.port)
     if isinstance(error, socket.gaierror):
         return BrokerUnreachable(
-            f"cannot resolve broker host '{b.host}' ({error.strerror}): check broker.host "
+            f"cannot resolve broker host '{host}' ({error.strerror}): check broker.host "
             f"in /etc/celeryd/celeryd.yaml")
     if isinstance(error, amqp.exceptions.NotAllowed):
         return VhostRefused(
@@ -114,17 +127,17 @@ def translate(error, config, vhost=None):
                 f"broker refused the login of user '{b.user}' at {url}: check the password in "
                 f"/etc/celeryd/credentials (celeryd-admin check)")
         return AccessRefused(f"broker refused access at {url}: {reason}")
-    tls = _tls_problem(error, b)
+    tls = _tls_problem(error, b, host, port)
     if tls:
-        return TlsFailed(f"TLS to broker at {b.host}:{b.port} failed ({tls}) at {url}")
+        return TlsFailed(f"TLS to broker at {host}:{port} failed ({tls}) at {url}")
     if isinstance(error, (socket.timeout, TimeoutError)):
         return BrokerUnreachable(
-            f"broker at {b.host}:{b.port} did not answer within {b.connect_timeout}s "
+            f"broker at {host}:{port} did not answer within {b.connect_timeout}s "
             f"({url}): is rabbitmq-server running and reachable?")
     if isinstance(error, OSError):
         reason = error.strerror or str(error) or type(error).__name__
         return BrokerUnreachable(
-            f"cannot connect to broker at {b.host}:{b.port} ({reason}): is rabbitmq-server "
+            f"cannot connect to broker at {host}:{port} ({reason}): is rabbitmq-server "
             f"running? (systemctl status rabbitmq-server; celeryd-admin check)")
     if isinstance(error, amqp.exceptions.NotFound):
         # Publishing to a queue's exchange that no worker has declared yet.
@@ -144,16 +157,16 @@ def missing_queue(queue, config):
         f"(systemctl start celery-worker) or its name (--queue, client.queue) is misspelt")
 
 
-def _tls_problem(error, broker):
+def _tls_problem(error, broker, host, port):
     """Return a short reason and hint when error is a TLS failure, else None."""
     import ssl
 
     if isinstance(error, ssl.SSLCertVerificationError):
         reason = getattr(error, "verify_message", None) or "verify failed"
         return (f"{reason}: the broker's certificate is not trusted for "
-                f"'{broker.server_name or broker.host}'; check broker.ca_file and "
+                f"'{broker.server_name or host}'; check broker.ca_file and "
                 f"broker.server_name")
     if isinstance(error, ssl.SSLError):
         reason = getattr(error, "reason", None) or error.strerror or "handshake failed"
-        return f"{reason}: is broker.port ({broker.port}) the broker's TLS port?"
+        return f"{reason}: is broker.port ({port}) the broker's TLS port?"
     return None

@@ -72,6 +72,15 @@ class Config:
         unless masked is False."""
         return account.to_url(self.broker.as_dict(), masked, vhost)
 
+    def broker_addresses(self):
+        """Return the broker's nodes as [(host, port)], in the order they are tried."""
+        return account.addresses(self.broker.as_dict())
+
+    def is_cluster(self):
+        """Whether the broker is a RabbitMQ cluster (broker.hosts names two or more nodes),
+        whose task queues are quorum queues."""
+        return len(self.broker.hosts) > 1
+
     def results_url(self, masked=True):
         """Return the result store's redis[s]:// URL; the password is '***' unless masked is
         False (then it belongs in memory only: Celery's settings, a redis client)."""
@@ -187,6 +196,8 @@ def load(config_file=None, overrides=None, env=os.environ, instance=None,
     broker = values["broker"]
     if broker["port"] is None:
         broker["port"] = account.default_port(broker["tls"])
+    if broker["hosts"]:  # the cluster's first node is the one named where one host is shown
+        broker["host"] = account.addresses(broker)[0][0]
     if broker["tls"]:
         for key in ("ca_file", "cert_file", "key_file"):
             if broker[key] and not os.path.exists(broker[key]):

@@ -16,7 +16,7 @@ from collections import OrderedDict, deque
 
 from celeryd_pkg.batch import Outcome
 from celeryd_pkg.errors import CelerydError
-from celeryd_pkg.protocol import READY_STATES, REPLY_TO, build_message
+from celeryd_pkg.protocol import READY_STATES, REPLY_TO, build_message, destination
 
 __all__ = ["Pipeline", "WINDOW", "MAX_PENDING"]
 
@@ -42,6 +42,7 @@ class Pipeline:
 
     def __init__(self, config, wait=True, timeout=None, window=WINDOW, max_pending=MAX_PENDING):
         self.config = config
+        self.cluster = config.is_cluster()
         self.wait = wait
         # At least a second of silence: a client.timeout of 0 would give up at once.
         self.timeout = max(config.client.timeout if timeout is None else timeout, 1)
@@ -144,14 +145,15 @@ class Pipeline:
             properties["application_headers"]["ignore_result"] = False
         if not self._pending:
             self._last_news = time.monotonic()  # silence counts from the first in flight
+        exchange, routing_key = destination(task.queue, task.countdown, self.cluster)
         entry = _Entry(index, task_id)
         self._pending[task_id] = entry
         self._by_tag[self._next_tag] = task_id
         self._next_tag += 1
         try:
             # A socket that stopped draining (a partition) fails the write after timeout.
-            self._channel.basic_publish(amqp.Message(body, **properties), exchange=task.queue,
-                                        routing_key=task.queue, mandatory=True,
+            self._channel.basic_publish(amqp.Message(body, **properties), exchange=exchange,
+                                        routing_key=routing_key, mandatory=True,
                                         timeout=self.timeout)
         except Exception as error:  # noqa: BLE001 - every connection failure ends the run
             self._lost(error)

@@ -4,7 +4,8 @@ import json
 import os
 import socket
 
-__all__ = ["NAMESPACE", "REPLY_TO", "READY_STATES", "build_message"]
+__all__ = ["NAMESPACE", "REPLY_TO", "READY_STATES", "DELAYED_EXCHANGE", "build_message",
+           "destination"]
 
 # Built-in tasks are registered as NAMESPACE + name; celery-submit resolves a bare "add" so.
 NAMESPACE = "celeryd."
@@ -16,6 +17,10 @@ READY_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
 DISPLAY_LIMIT = 1024
 # The body's last part, the same for every task celeryd sends (no canvas).
 EMBED = ', {"callbacks": null, "errbacks": null, "chain": null, "chord": null}]'
+
+# Celery 5.5's native delayed delivery, used on a cluster: the head of RabbitMQ's chain of
+# delay exchanges, which the workers declare (kombu.transport.native_delayed_delivery).
+DELAYED_EXCHANGE = "celery_delayed_27"
 
 # The sender's "pid@hostname", made once per process: build_message runs once per task of a
 # batch. Celery, too, reads the host name once (celery.utils.nodenames.gethostname).
@@ -44,6 +49,24 @@ def build_message(task, args, kwargs, task_id, reply_to=None, countdown=None, no
     if reply_to:
         properties["reply_to"] = reply_to
     return body, properties
+
+
+def destination(queue, countdown=None, cluster=False):
+    """Return (exchange, routing key) that a task for queue is published to: the queue's own
+    exchange; on a cluster, a countdown of a second or more goes through the delay exchanges
+    instead, as Celery 5.5 sends it (a quorum queue's consumer cannot hold a message back
+    without stopping its other tasks). Raise ConfigError where kombu has no delayed delivery."""
+    if not (cluster and countdown and countdown >= 1):
+        return queue, queue
+    try:
+        from kombu.transport.native_delayed_delivery import calculate_routing_key
+    except ImportError:
+        from celeryd_pkg.errors import ConfigError
+
+        raise ConfigError("celery-submit: --countdown on a cluster (broker.hosts) needs "
+                          "kombu 5.4's native delayed delivery, which this host lacks "
+                          "(Debian 13 has it)") from None
+    return DELAYED_EXCHANGE, calculate_routing_key(int(countdown), queue)
 
 
 def _sender():

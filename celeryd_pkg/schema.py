@@ -67,6 +67,36 @@ def check_listen(value):
     return None
 
 
+def split_host(value):
+    """Given HOST, HOST:PORT or [IPv6]:PORT (a broker.hosts entry), return (host, port or
+    None); raise ValueError."""
+    if value.startswith("["):
+        host, bracket, after = value[1:].partition("]")
+        if not bracket or (after and not after.startswith(":")):
+            raise ValueError(value)
+        port = after[1:] if after else None
+    else:
+        host, colon, port = value.partition(":")
+        port = port if colon else None
+    if not host or not all(c.isalnum() or c in ".-_:" for c in host):
+        raise ValueError(value)
+    if port is None:
+        return host.lower(), None
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(value)
+    return host.lower(), int(port)
+
+
+def check_host(value):
+    """A broker.hosts entry: HOST or HOST:PORT."""
+    try:
+        split_host(value)
+    except ValueError:
+        return (f"{value!r} is not HOST or HOST:PORT, e.g. rabbit-b.example.org or "
+                f"10.0.0.2:5671 ([::1]:5671 for IPv6; port 1-65535)")
+    return None
+
+
 RESULT_BACKENDS = ("rpc", "redis")
 
 
@@ -86,6 +116,12 @@ def check_timezone(value):
 SCHEMA = {
     "broker": {
         "host": Key(str, "localhost", "RabbitMQ host name or address."),
+        "hosts": Key(
+            list, [], "The nodes of a RabbitMQ cluster (HOST or HOST:PORT), tried in order when "
+            "one is down; when set it replaces broker.host. Two or more make the task queues "
+            "quorum queues (Debian 13; Celery 5.2 of Debian 12 cannot consume them).",
+            check=check_host,
+        ),
         "port": Key(
             int, None, "RabbitMQ port (default 5671 with TLS, 5672 without).", optional=True,
             minimum=1,

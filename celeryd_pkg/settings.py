@@ -7,26 +7,56 @@ on serializers, queues, confirms or the result backend.
 
 from kombu import Exchange, Queue
 
+from celeryd_pkg import account
 from celeryd_pkg.broker import ssl_options
+from celeryd_pkg.errors import ConfigError
 
-__all__ = ["celery_settings", "result_settings", "task_queues", "lazy_app",
+__all__ = ["celery_settings", "result_settings", "task_queues", "cluster_settings", "lazy_app",
            "RetryingRedisBackend"]
 
 
 def task_queues(config):
-    """Return the durable direct queues named by worker.queues."""
-    return [Queue(name, Exchange(name, type="direct", durable=True), routing_key=name,
-                  durable=True) for name in config.worker.queues]
+    """Return the durable queues named by worker.queues, each bound to an exchange of its
+    name: direct on one broker; on a cluster, quorum queues (replicated on the nodes) bound to
+    topic exchanges, which Celery's native delayed delivery needs for countdown tasks."""
+    if not config.is_cluster():
+        return [Queue(name, Exchange(name, type="direct", durable=True), routing_key=name,
+                      durable=True) for name in config.worker.queues]
+    return [Queue(name, Exchange(name, type="topic", durable=True), routing_key=name,
+                  durable=True, queue_arguments={"x-queue-type": "quorum"})
+            for name in config.worker.queues]
+
+
+def cluster_settings(config):
+    """Given a Config, return the settings a RabbitMQ cluster needs (none for one broker):
+    quorum queues, consumers without the global QoS they refuse, countdowns through native
+    delayed delivery. Raise ConfigError under Celery before 5.5, which has none of these."""
+    if not config.is_cluster():
+        return {}
+    import celery
+
+    if celery.VERSION < (5, 5):
+        raise ConfigError(
+            f"celeryd: broker.hosts names a cluster of {len(config.broker.hosts)} nodes, whose "
+            f"task queues are quorum queues, and Celery {celery.__version__} cannot consume "
+            f"them (it asks for a global QoS, which they refuse): a cluster needs Debian 13's "
+            f"Celery 5.5; on Debian 12 name one broker host (broker.host)")
+    return dict(task_default_queue_type="quorum", worker_detect_quorum_queues=True,
+                task_default_exchange_type="topic")
 
 
 def celery_settings(config):
     """Given a Config, return Celery settings for json-only, late-ack, durable, confirmed
     messaging."""
     return dict(
-        broker_url=config.broker_url(masked=False),
+        # A cluster's nodes in order: kombu fails over to the next when one is lost.
+        broker_url=";".join(account.to_url(dict(config.broker.as_dict(), hosts=[], host=host,
+                                                port=port), masked=False)
+                            for host, port in config.broker_addresses()),
+        broker_failover_strategy="round-robin",
         broker_connection_timeout=config.broker.connect_timeout,
         broker_heartbeat=config.broker.heartbeat,
-        broker_use_ssl=ssl_options(config.broker) or None,
+        broker_use_ssl=_broker_ssl(config),
         # Keep retrying a broker that is down at start or goes away: systemd should see a
         # worker waiting, not a crash loop.
         broker_connection_retry=True,
@@ -57,7 +87,18 @@ def celery_settings(config):
         worker_hijack_root_logger=True,
         worker_redirect_stdouts=True,
         enable_utc=True,
+        **cluster_settings(config),
     )
+
+
+def _broker_ssl(config):
+    """kombu's TLS options: on a cluster the name verified is each node's own (kombu puts the
+    URL's host where server_hostname is None)."""
+    options = ssl_options(config.broker) or None
+    if options and config.is_cluster() and not config.broker.server_name \
+            and "server_hostname" in options:
+        options["server_hostname"] = None
+    return options
 
 
 def result_settings(config):

@@ -11,7 +11,7 @@ import uuid
 from celeryd_pkg.errors import (
     CelerydError, ConfigError, ResultTimeout, TaskFailed, UsageError, report,
 )
-from celeryd_pkg.protocol import READY_STATES, REPLY_TO, build_message
+from celeryd_pkg.protocol import READY_STATES, REPLY_TO, build_message, destination
 
 __all__ = ["main", "parse_args", "parse_value", "task_name", "build_message"]
 
@@ -160,8 +160,9 @@ def submit(config, args):
         # submit-only account may write to task exchanges but not into the workers' control
         # queues. Waits for the broker's confirm; an unroutable message comes back first.
         try:
-            channel.basic_publish_confirm(amqp.Message(body, **properties), exchange=queue,
-                                          routing_key=queue, mandatory=True,
+            exchange, routing_key = destination(queue, args.countdown, config.is_cluster())
+            channel.basic_publish_confirm(amqp.Message(body, **properties), exchange=exchange,
+                                          routing_key=routing_key, mandatory=True,
                                           confirm_timeout=config.broker.connect_timeout)
         except amqp.exceptions.NotFound:
             returned.append(True)

@@ -55,16 +55,17 @@ def installed_units(root="/"):
     return [unit for unit in UNITS if any((Path(root) / d / unit).exists() for d in UNIT_DIRS)]
 
 
-def allow_broker(host, root="/"):
-    """Write the drop-in letting each installed worker and beat unit reach host; reload systemd
-    if it runs. Return the paths written ([] when no worker unit is installed, as on a host
-    with only celery-submit)."""
+def allow_broker(hosts, root="/"):
+    """Write the drop-in letting each installed worker and beat unit reach the broker's hosts
+    (every node of a cluster); reload systemd if it runs. Return the paths written ([] when no
+    worker unit is installed, as on a host with only celery-submit)."""
     root = Path(root)
     installed = installed_units(root)
     if not installed:
         return []
-    addresses = broker_addresses(host, root)
-    text = (f"# Written by celeryd-admin join: the worker may reach its broker {host}.\n"
+    addresses = sorted({a for host in hosts for a in broker_addresses(host, root)})
+    text = (f"# Written by celeryd-admin join: the worker may reach its broker "
+            f"{', '.join(hosts)}.\n"
             f"[Service]\n" + "".join(f"IPAddressAllow={a}\n" for a in addresses))
     written = []
     for unit in installed:
@@ -88,7 +89,8 @@ def action_join(args):
               f"(celeryd-admin tls-setup on the broker host) or --allow-plain",
               file=sys.stderr)
     # Resolving the broker for the firewall drop-in may fail: before anything is written.
-    allow_broker(broker["host"], os.environ.get("CELERYD_ROOT", "/"))
+    allow_broker([host for host, _ in account.addresses(broker)],
+                 os.environ.get("CELERYD_ROOT", "/"))
     if ca_pem:
         broker["ca_file"] = str(main_file.parent / "broker-ca.pem")
         files.replace(broker["ca_file"], ca_pem)

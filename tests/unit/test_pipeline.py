@@ -11,6 +11,10 @@ class Settings:
     class client:
         timeout = 30
 
+    @staticmethod
+    def is_cluster():
+        return False
+
 
 def pipeline_with(count, wait=True):
     """A Pipeline that believes it published count tasks (tags 1..count, ids t1..)."""

@@ -144,3 +144,20 @@ def test_join_keeps_an_operators_results_file_that_already_stores_in_redis(
     code, _, _ = run(capsys, "join", "-", "--allow-plain", "--config", str(main), "--group",
                      "root", stdin=url, monkeypatch=monkeypatch)
     assert code == 0 and (conf_d / "20-results.yaml").read_text() == own
+
+
+def test_join_to_a_cluster_lets_the_units_reach_every_node_and_keeps_the_list(
+        capsys, monkeypatch, etc, tmp_path):
+    main, creds = etc
+    root = tmp_path / "root"
+    (root / "lib/systemd/system").mkdir(parents=True)
+    (root / "lib/systemd/system/celery-worker.service").write_text("[Service]\n")
+    monkeypatch.setenv("CELERYD_ROOT", str(root))
+    code, out, err = run(capsys, "join", "-", "--allow-plain", "--config", str(main),
+                         "--group", "root", stdin=f"amqp://u:{SECRET}@10.9.8.7,10.9.8.8:5999/v",
+                         monkeypatch=monkeypatch)
+    assert code == 0, err
+    text = (root / "etc/systemd/system/celery-worker.service.d" / join.DROPIN).read_text()
+    assert "[Service]\nIPAddressAllow=10.9.8.7\nIPAddressAllow=10.9.8.8\n" in text
+    assert account.load(creds)["hosts"] == [
+        "10.9.8.7:5672", "10.9.8.8:5999"]
