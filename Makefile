@@ -40,7 +40,7 @@ integration: deps
 # tests in booted Debian 13 and 12 containers, on the .debs built and linted just before.
 test: deps
 	$(MAKE) --no-print-directory deb lint
-	CELERYD_DEBS_PREBUILT=1 $(PYTEST) -q -p no:cacheprovider tests
+	CELERYD_DEBS_PREBUILT=1 $(PYTEST) -q -p no:cacheprovider --durations=30 tests
 
 # Booted Debian 13 and 12 containers (tests/system/harness.py); rootfs cached in /var/cache/celeryd-test.
 system: deps

@@ -9,9 +9,9 @@ __all__ = ["replace", "staged", "remove"]
 
 
 @contextlib.contextmanager
-def staged(path, data, prog="celeryd-admin", mode=0o644, gid=None):
-    """Write data (text or bytes) to a new temporary file beside path, owned root:gid (gid
-    given) with its final mode before a byte is written, and fsynced; yield its path; rename it
+def staged(path, data, prog="celeryd-admin", mode=0o644, gid=None, uid=0):
+    """Write data (text or bytes) to a new temporary file beside path, owned uid:gid (gid
+    given; uid root by default) with its final mode before a byte is written, and fsynced; yield its path; rename it
     over path when the block succeeds. On any failure path is left as it was and the temporary
     file removed, so readers see the old file or the new one, never half of one, and a secret
     is never readable by anyone it is not for. Raise ConfigError naming path on failure."""
@@ -31,7 +31,7 @@ def staged(path, data, prog="celeryd-admin", mode=0o644, gid=None):
             created = True
             try:
                 if gid is not None:
-                    os.fchown(fd, 0, gid)
+                    os.fchown(fd, uid, gid)
                 os.fchmod(fd, mode)
                 view = memoryview(data)
                 while view:
@@ -59,9 +59,9 @@ def staged(path, data, prog="celeryd-admin", mode=0o644, gid=None):
                 os.unlink(tmp)
 
 
-def replace(path, data, prog="celeryd-admin", mode=0o644, gid=None):
+def replace(path, data, prog="celeryd-admin", mode=0o644, gid=None, uid=0):
     """Atomically replace path with data (see staged)."""
-    with staged(path, data, prog, mode, gid):
+    with staged(path, data, prog, mode, gid, uid):
         pass
 
 

@@ -18,7 +18,8 @@ from celeryd_pkg.admin import systemctl
 from celeryd_pkg.admin.cli import Command, config_option
 from celeryd_pkg.errors import BrokerUnreachable, CelerydError, ConfigError, UsageError
 
-__all__ = ["CaFiles", "ca_files", "setup", "RABBITMQ_CONF", "COMMANDS"]
+__all__ = ["CaFiles", "ca_files", "setup", "install_server", "server_files", "RABBITMQ_CONF",
+           "COMMANDS"]
 
 CA_DAYS, SERVER_DAYS = 3650, 825
 CURVE = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
@@ -64,8 +65,6 @@ def setup(ca, rabbitmq_dir, names, group="rabbitmq", port=account.PORTS["amqps"]
     except KeyError:
         raise ConfigError(f"celeryd-admin tls-setup: group '{group}' does not exist: install "
                           f"rabbitmq-server first (or pass --rabbitmq-group)") from None
-    rabbitmq_dir = Path(rabbitmq_dir)
-    out, conf = rabbitmq_dir / "tls", rabbitmq_dir / "conf.d" / "50-celeryd-tls.conf"
     written = []
     ca.dir.mkdir(mode=0o755, parents=True, exist_ok=True)
     if not ca.exists():
@@ -76,8 +75,6 @@ def setup(ca, rabbitmq_dir, names, group="rabbitmq", port=account.PORTS["amqps"]
                      "-addext", "keyUsage=critical,keyCertSign,cRLSign")
         os.chmod(ca.cert, 0o644)
         written += [str(ca.cert), str(ca.key)]
-    for directory in (out, conf.parent):
-        directory.mkdir(mode=0o755, parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="celeryd-tls.") as tmp:
         tmp = Path(tmp)
         extensions = tmp / "server.ext"
@@ -90,15 +87,33 @@ def setup(ca, rabbitmq_dir, names, group="rabbitmq", port=account.PORTS["amqps"]
         _openssl(openssl, "x509", "-req", "-in", tmp / "server.csr", "-CA", ca.cert,
                  "-CAkey", ca.key, "-set_serial", str(int.from_bytes(os.urandom(8), "big")),
                  "-days", str(SERVER_DAYS), "-extfile", extensions, "-out", tmp / "server.pem")
-        prog = "celeryd-admin tls-setup"
-        # The broker (group rabbitmq) reads its key; nobody else does.
-        files.replace(out / "server.key", (tmp / "server.key").read_bytes(), prog, 0o640, gid)
-        files.replace(out / "server.pem", (tmp / "server.pem").read_bytes(), prog)
-        files.replace(out / "ca.pem", ca.cert.read_bytes(), prog)
-    written += [str(out / name) for name in ("server.key", "server.pem", "ca.pem")]
-    files.replace(conf, RABBITMQ_CONF.format(port=port, dir=out), prog)
-    written.append(str(conf))
+        written += install_server(rabbitmq_dir, ca.cert.read_bytes(),
+                                  (tmp / "server.pem").read_bytes(),
+                                  (tmp / "server.key").read_bytes(), gid, port)
     return written
+
+
+def install_server(rabbitmq_dir, ca_pem, cert_pem, key_pem, gid, port=account.PORTS["amqps"],
+                   prog="celeryd-admin tls-setup"):
+    """Install the broker's certificate, key and CA under rabbitmq_dir/tls (the key readable
+    by group gid, RabbitMQ's, only) and the conf.d file of its TLS listener; return the paths.
+    tls-setup and a broker joining a cluster (which takes the first node's) share it."""
+    rabbitmq_dir = Path(rabbitmq_dir)
+    out, conf = rabbitmq_dir / "tls", rabbitmq_dir / "conf.d" / "50-celeryd-tls.conf"
+    files.replace(out / "server.key", key_pem, prog, 0o640, gid)
+    files.replace(out / "server.pem", cert_pem, prog)
+    files.replace(out / "ca.pem", ca_pem, prog)
+    files.replace(conf, RABBITMQ_CONF.format(port=port, dir=out), prog)
+    return [str(out / name) for name in ("server.key", "server.pem", "ca.pem")] + [str(conf)]
+
+
+def server_files(rabbitmq_dir):
+    """Return the broker's (certificate, key) PEM bytes that tls-setup installed, or None."""
+    out = Path(rabbitmq_dir) / "tls"
+    try:
+        return (out / "server.pem").read_bytes(), (out / "server.key").read_bytes()
+    except FileNotFoundError:
+        return None
 
 
 def _san_entry(name):
