@@ -8,12 +8,11 @@ import contextlib
 import grp
 import os
 
-from celeryd_pkg import files
+from celeryd_pkg import files, joinparts
 from celeryd_pkg.errors import ConfigError, UsageError
 
 __all__ = ["KEYS", "RESULTS_KEYS", "PORTS", "MODE", "default_port", "to_url", "from_url",
-           "mask_url", "addresses", "default_results_port", "to_results_url", "encode_ca",
-           "decode_ca", "load", "load_results", "render", "save", "staged", "locked", "remove",
+           "mask_url", "addresses", "default_results_port", "to_results_url", "load", "load_results", "render", "save", "staged", "locked", "remove",
            "resolve_group"]
 
 # The only keys the credentials file may set, in the order it is written: where the broker is
@@ -35,11 +34,13 @@ def default_port(tls):
     return PORTS["amqps" if tls else "amqp"]
 
 
-def to_url(broker, masked=True, vhost=None, ca_file=None, results_password=None):
+def to_url(broker, masked=True, vhost=None, ca_file=None, results_password=None,
+           cluster=None):
     """Given a broker mapping {host, port, vhost, user, password, tls}, return its AMQP URL (of
     another vhost if given). The password is '***' when masked; unmasked with ca_file, the URL
-    is a join string carrying that CA certificate, and with results_password the password of
-    the same user in the result store (on the broker host)."""
+    is a join string carrying that CA certificate, with results_password the password of
+    the same user in the result store (on the broker host), and with cluster what a new
+    broker node needs to join the cluster (admin.cluster.bundle: cookie, node, certificate)."""
     from urllib.parse import quote  # here: celery-submit's start-up does without it
 
     vhost = broker["vhost"] if vhost is None else vhost
@@ -50,9 +51,9 @@ def to_url(broker, masked=True, vhost=None, ca_file=None, results_password=None)
     netloc = ",".join(f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
                       for host, port in addresses(broker))
     url = f"{scheme}://{auth}@{netloc}/{quote(vhost, safe='')}"
-    query = ([f"ca={encode_ca(ca_file)}"] if ca_file else []) + (
+    query = ([f"ca={joinparts.encode_ca(ca_file)}"] if ca_file else []) + (
         [f"results={quote(results_password, safe='')}"] if results_password and not masked
-        else [])
+        else []) + ([f"cluster={joinparts.encode_cluster(cluster)}"] if cluster and not masked else [])
     return f"{url}?{'&'.join(query)}" if query else url
 
 
@@ -165,12 +166,15 @@ def from_url(text):
                 bad("results", "an empty or invalid result store password")
             broker["results_password"] = results_password
             continue
+        if name == "cluster":
+            broker["cluster"] = joinparts.decode_cluster(value, bad)
+            continue
         if name != "ca":
-            bad("URL", f"an unknown parameter '{name}' (only ca= and results=)")
+            bad("URL", f"an unknown parameter '{name}' (only ca=, results= and cluster=)")
         if scheme != "amqps":
             bad("ca", "a CA certificate with plain amqp:// (use amqps://)")
         try:
-            broker["ca"] = decode_ca(unquote(value))
+            broker["ca"] = joinparts.decode_ca(unquote(value))
         except ValueError:
             bad("ca", "not a certificate (copy the whole join string)")
     return broker
@@ -184,34 +188,6 @@ def _host_port(netloc, bad, default):
     except ValueError:
         bad("host", f"'{netloc}' is not HOST or HOST:PORT (an IPv6 address in [], port 1-65535)")
     return host, port or default
-
-
-def encode_ca(path):
-    """Return the CA certificate at path as base64url DER, for a join string."""
-    import base64
-    import ssl
-    from pathlib import Path
-
-    der = ssl.PEM_cert_to_DER_cert(Path(path).read_text())
-    return base64.urlsafe_b64encode(der).decode().rstrip("=")
-
-
-def decode_ca(text):
-    """Return the PEM certificate carried by a join string's base64url DER. Raise ValueError
-    if it is not a certificate."""
-    import base64
-    import ssl
-
-    der = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    if len(der) < 64 or der[0] != 0x30:  # an X.509 certificate is a DER SEQUENCE
-        raise ValueError("not a DER certificate")
-    pem = ssl.DER_cert_to_PEM_cert(der)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    try:
-        context.load_verify_locations(cadata=pem)
-    except ssl.SSLError as error:
-        raise ValueError(str(error)) from None
-    return pem
 
 
 def load(path):

@@ -91,6 +91,14 @@ def action_join(args):
     # Resolving the broker for the firewall drop-in may fail: before anything is written.
     allow_broker([host for host, _ in account.addresses(broker)],
                  os.environ.get("CELERYD_ROOT", "/"))
+    node = broker.pop("cluster", None)
+    joined_cluster = ""
+    if node:  # a broker host: its rabbitmq-server becomes a node of the cluster first
+        from celeryd_pkg.admin import cluster
+        from celeryd_pkg.admin.rabbitmqctl import Rabbitmqctl
+
+        cluster.join(Rabbitmqctl(), node, ca_pem)
+        joined_cluster = f"; rabbitmq-server here is a node of {node['node']}'s cluster"
     if ca_pem:
         broker["ca_file"] = str(main_file.parent / "broker-ca.pem")
         files.replace(broker["ca_file"], ca_pem)
@@ -105,7 +113,8 @@ def action_join(args):
 
         storeaccounts.store_results_here(conf_d / "20-results.yaml")
         stored = " with results kept in the result store there"
-    print(f"joined {account.to_url(broker)}{stored}; check with: celeryd-admin check")
+    print(f"joined {account.to_url(broker)}{stored}{joined_cluster}; check with: "
+          f"celeryd-admin check")
     return 0
 
 

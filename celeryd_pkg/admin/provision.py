@@ -4,6 +4,7 @@ The local account (the workers' own, written to the credentials file) and accoun
 hosts (printed once, as a join string). Users and vhosts default to the loaded config.
 """
 
+import argparse
 import logging
 import secrets
 import sys
@@ -13,6 +14,7 @@ from celeryd_pkg.admin import storeaccounts
 from celeryd_pkg.admin.cli import Command, config_option, defer_option, group_option
 from celeryd_pkg.admin.rabbitmqctl import FULL, NodeDown, Rabbitmqctl, check_name
 from celeryd_pkg.errors import CelerydError, ConfigError, UsageError
+from celeryd_pkg.schema import check_host
 
 __all__ = ["DEFER_MESSAGE", "ROLES", "COMMANDS", "provision", "deprovision",
            "provision_remote", "new_password"]
@@ -26,7 +28,8 @@ DEFER_MESSAGE = ("celeryd: no running RabbitMQ broker here; the setup finishes b
 # after their queues) but not to the default exchange, the workers' control (pidbox) and
 # event exchanges or amq.*; it reads only its own direct reply-to; it declares nothing.
 CLIENT = ("^$", r"^(?!amq\.|celeryev$|.*pidbox$).+$", r"^amq\.rabbitmq\.reply-to$")
-ROLES = {"worker": FULL, "client": CLIENT}
+# A broker host joining the cluster gets an account of its own for check and status.
+ROLES = {"worker": FULL, "client": CLIENT, "broker": FULL}
 
 
 def new_password():
@@ -132,7 +135,9 @@ def operator_account(config_file):
 
 def action_provision(args):
     if args.for_host:
-        return _provision_for_host(args)
+        from celeryd_pkg.admin import forhost
+
+        return forhost.provision_for_host(args)
     user, vhost = operator_account(args.config)
     user, vhost = check_name("user", args.user or user), check_name("vhost", args.vhost or vhost)
     path = config.config_paths(args.config)[2]
@@ -159,31 +164,6 @@ def _leave_joined_account(args, path, host):
                           f"NAME | ssh THIS-HOST celeryd-admin join -)")
     if not args.defer_if_absent:
         print(f"{message}; nothing to provision here", file=sys.stderr)
-    return 0
-
-
-def _provision_for_host(args):
-    """Make the account of another host and print its join string (the only place its
-    password is ever shown: pipe it straight into `celeryd-admin join -` over ssh)."""
-    import socket
-
-    from celeryd_pkg.admin import tls
-
-    vhost = check_name("vhost", args.vhost or operator_account(args.config)[1])
-    user = check_name("user", args.user or f"{args.role}-{args.for_host}")
-    ca = tls.ca_files(config.config_paths(args.config)[0].parent)
-    tls_on = ca.exists()
-    if not tls_on:
-        print("celeryd-admin: warning: no TLS on this broker yet (celeryd-admin tls-setup): "
-              "this join string is plain amqp://, the password will cross the network "
-              "unencrypted", file=sys.stderr)
-    # The store first: when redis-server is down, nothing has changed yet.
-    results_password = storeaccounts.add_if_here(args.config, user, args.role)
-    password = provision_remote(Rabbitmqctl(), user, vhost, args.role)
-    broker = {"host": args.broker_host or socket.getfqdn(), "vhost": vhost, "user": user,
-              "password": password, "tls": tls_on}
-    print(account.to_url(broker, masked=False, ca_file=ca.cert if tls_on else None,
-                         results_password=results_password), flush=True)
     return 0
 
 
@@ -231,14 +211,24 @@ def _provision_arguments(parser):
                         help="make an account for host NAME and print the join string for "
                              "`celeryd-admin join -` there; each run issues a new password")
     parser.add_argument("--role", choices=sorted(ROLES), default="worker",
-                        help="with --for-host: worker (runs tasks, full rights on the vhost) "
-                             "or client (submits tasks and reads its results only); default "
-                             "worker")
-    parser.add_argument("--broker-host", metavar="ADDRESS",
-                        help="with --for-host: the name or address the other host reaches "
-                             "this broker by (default: this host's FQDN)")
+                        help="with --for-host: worker (runs tasks, full rights on the vhost), "
+                             "client (submits tasks and reads its results only) or broker "
+                             "(NAME's rabbitmq-server joins this one's cluster); default worker")
+    parser.add_argument("--broker-host", metavar="ADDRESS[,ADDRESS...]", type=broker_hosts,
+                        help="with --for-host: the names or addresses the other host reaches "
+                             "the broker by, every node of a cluster in order (default: "
+                             "broker.hosts of the config, else this host's FQDN)")
     defer_option(parser)
     config_option(parser)
+
+
+def broker_hosts(text):
+    """--broker-host's value: a node, or every node of a cluster, comma-separated."""
+    hosts = [part.strip() for part in text.split(",")]
+    problem = next(filter(None, map(check_host, hosts)), None)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return hosts
 
 
 def _validate_provision(args):

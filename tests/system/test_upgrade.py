@@ -29,7 +29,7 @@ import time
 import pytest
 
 import celeryd_pkg
-from celeryd_pkg import account
+from celeryd_pkg import joinparts
 
 from tests.system import harness
 from tests.system.conftest import PACKAGES, REPO, _print_on_failure
@@ -129,7 +129,7 @@ def test_a_client_only_host_joins_a_tls_broker(machine, tmp_path):
                     "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", tmp_path / "ca.key",
                     "-out", cert, "-days", "1", "-subj", "/CN=celeryd test CA"],
                    check=True, capture_output=True)
-    url = f"amqps://client-test:{'p' * 32}@{BROKER_IP}:5671/celery?ca={account.encode_ca(cert)}"
+    url = f"amqps://client-test:{'p' * 32}@{BROKER_IP}:5671/celery?ca={joinparts.encode_ca(cert)}"
     join = machine.run(["celeryd-admin", "join", "-"], check=False, input=url)
     assert (join.returncode, join.stderr) == (0, ""), join.stdout + join.stderr
     assert stat(machine, CREDENTIALS) == "root:celery 640"

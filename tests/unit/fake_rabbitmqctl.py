@@ -74,6 +74,20 @@ FAKE_RABBITMQCTL = textwrap.dedent('''\
         del users[rest[0]]
         for key in [k for k in perms if k.endswith("\\t" + rest[0])]:
             del perms[key]
+    elif cmd == "eval":
+        print("'%s'" % state.get("node", "rabbit@fake"))
+    elif cmd == "cluster_status":
+        nodes = state.get("cluster", [state.get("node", "rabbit@fake")])
+        print(json.dumps({"running_nodes": nodes, "disk_nodes": nodes, "partitions": {},
+                          "alarms": []}))
+    elif cmd in ("stop_app", "start_app"):
+        pass
+    elif cmd == "join_cluster":
+        state["cluster"] = sorted(set(state.get("cluster", [state.get("node", "rabbit@fake")]))
+                                  | {rest[0]})
+    elif cmd == "update_vhost_metadata":
+        assert rest[1:] == ["--default-queue-type", "quorum"], rest
+        state.setdefault("queue_type", {})[rest[0]] = rest[2]
     elif cmd == "set_permissions":
         assert rest[0] == "-p" and len(rest) == 6, rest
         perms[rest[1] + "\\t" + rest[2]] = rest[3:]
@@ -82,7 +96,7 @@ FAKE_RABBITMQCTL = textwrap.dedent('''\
     json.dump(state, open(path, "w"))
 ''')
 WRITES = {"add_vhost", "delete_vhost", "add_user", "change_password", "delete_user",
-          "set_permissions"}
+          "set_permissions", "join_cluster", "update_vhost_metadata"}
 
 
 

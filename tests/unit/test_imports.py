@@ -12,7 +12,7 @@ CLIENT_MODULES = ("submit", "client")
 WORKER_MODULES = ("app", "worker", "tasks", "monitor", "notify", "admin", "poison", "tally",
                   "panel", "metrics", "journal", "stopping")
 # The config layer may import only itself.
-CONFIG_MODULES = ("config", "validate", "schema", "errors", "files", "account",
+CONFIG_MODULES = ("config", "validate", "schema", "errors", "files", "account", "joinparts",
                   "parsecache", "schedule", "slots")
 
 

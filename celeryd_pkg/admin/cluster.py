@@ -1,0 +1,95 @@
+"""Broker hosts in one RabbitMQ cluster: what a new node takes from a member (the Erlang
+cookie, the member's node name and the TLS certificate that names every broker host), carried
+in the join string of `provision --for-host NAME --role broker`; joining; the members' health.
+
+The cookie lets its holder run any code on every node: it travels only inside the join
+string (a secret like the password), is written root-to-rabbitmq 0400, and never reaches
+argv, the environment or a log. Accounts, vhosts and permissions are cluster-wide by
+themselves: the new node's own are reset by RabbitMQ's join_cluster.
+"""
+
+import grp
+import pwd
+from pathlib import Path
+
+from celeryd_pkg import files
+from celeryd_pkg.admin import systemctl, tls
+from celeryd_pkg.errors import BrokerUnreachable, CelerydError
+
+__all__ = ["COOKIE", "RABBITMQ_DIR", "node_name", "bundle", "status", "join"]
+
+COOKIE = "/var/lib/rabbitmq/.erlang.cookie"
+RABBITMQ_DIR = "/etc/rabbitmq"
+PROG = "celeryd-admin join"
+
+
+def node_name(ctl):
+    """Return the local RabbitMQ node's name, e.g. rabbit@broker-a."""
+    return ctl.run("eval", "node().").stdout.strip().strip("'")
+
+
+def bundle(ctl):
+    """On a node of the cluster, return what a new node needs: {node, cookie} and, when
+    tls-setup ran here, the broker certificate and key {cert, key} (PEM text)."""
+    made = {"node": node_name(ctl), "cookie": _read_cookie(COOKIE, must=True)}
+    server = tls.server_files(RABBITMQ_DIR)
+    if server:
+        made["cert"], made["key"] = (part.decode() for part in server)
+    return made
+
+
+def status(ctl):
+    """Return the local node's view of its cluster: {running, disk, partitions, alarms}, the
+    node names sorted (partitions and alarms as RabbitMQ reports them, empty when healthy)."""
+    reported = ctl._json("cluster_status")
+    return {"running": sorted(reported.get("running_nodes") or []),
+            "disk": sorted(reported.get("disk_nodes") or []),
+            "partitions": reported.get("partitions") or {},
+            "alarms": reported.get("alarms") or []}
+
+
+def join(ctl, joined, ca_pem=None):
+    """Make the local rabbitmq-server a node of the cluster of joined (a bundle): install its
+    certificate and cookie, restart the broker if they changed, and join_cluster. Return the
+    changes made ([] when this node is a member already). Raise NodeDown when the local
+    broker does not run, CelerydError when RabbitMQ refuses the join."""
+    if joined["node"] in status(ctl)["disk"]:
+        return []
+    try:
+        uid, gid = pwd.getpwnam("rabbitmq").pw_uid, grp.getgrnam("rabbitmq").gr_gid
+    except KeyError:
+        raise CelerydError("celeryd-admin join: no user rabbitmq: install rabbitmq-server "
+                           "here first (apt install rabbitmq-server)") from None
+    changes = []
+    if joined.get("cert") and ca_pem:
+        tls.install_server(RABBITMQ_DIR, ca_pem.encode(), joined["cert"].encode(),
+                           joined["key"].encode(), gid, prog=PROG)
+        changes.append("installed the cluster's TLS certificate")
+    if _read_cookie(COOKIE) != joined["cookie"]:
+        files.replace(COOKIE, joined["cookie"], PROG, 0o400, gid, uid)
+        changes.append("installed the cluster's Erlang cookie")
+    # The cookie and the TLS listener are read when the broker starts.
+    if changes and systemctl.is_active("rabbitmq-server") \
+            and not systemctl.restart("rabbitmq-server"):
+        raise BrokerUnreachable("celeryd-admin join: rabbitmq-server did not restart: "
+                                "journalctl -u rabbitmq-server")
+    ctl.run("stop_app")
+    try:
+        ctl.run("join_cluster", joined["node"])
+    finally:
+        ctl.run("start_app")
+    changes.append(f"joined the cluster of {joined['node']}")
+    return changes
+
+
+def _read_cookie(path, must=False):
+    try:
+        return Path(path).read_text()
+    except FileNotFoundError:
+        if not must:
+            return None
+        raise CelerydError(f"celeryd-admin: no {path}: run this on a broker host whose "
+                           f"rabbitmq-server has started once") from None
+    except OSError as error:
+        raise CelerydError(f"celeryd-admin: cannot read {path} ({error.strerror}); run as "
+                           f"root") from None
