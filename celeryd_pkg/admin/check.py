@@ -7,9 +7,8 @@ No task code is imported: the workers are named through the control-only app.
 
 import dataclasses
 import os
-import socket
 
-from celeryd_pkg.admin import outbound
+from celeryd_pkg.admin import outbound, probe
 from celeryd_pkg.admin.cli import Command, config_option
 from celeryd_pkg.errors import CelerydError
 
@@ -53,7 +52,7 @@ def diagnose(config_file=None, env=os.environ, ping_timeout=PING_TIMEOUT):
     """Given the config file (or None for the default) and environment, yield one Result per
     step in STEPS; after the first FAIL the remaining steps are SKIPs."""
     state = {"config_file": config_file, "env": env, "ping_timeout": ping_timeout}
-    steps = [_config, _dns, _tcp, _login, _store, _beat, _workers]
+    steps = [_config, _dns, _tcp, _login, _cluster, _store, _beat, _workers]
     done = []
     for step in steps:
         try:
@@ -120,35 +119,32 @@ def _config(state):
 
 
 def _dns(state):
-    b = state["config"].broker
-    try:
-        infos = socket.getaddrinfo(b.host, b.port, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError) as error:
-        reason = getattr(error, "strerror", None) or str(error)
-        raise _Failed(_fail("dns", f"cannot resolve broker host '{b.host}' ({reason})",
-                            "check broker.host in the config, or /etc/hosts and the resolver",
-                            4)) from None
-    state["addresses"] = [info[4] for info in infos]
-    names = sorted({address[0] for address in state["addresses"]})
-    return [Result("OK", "dns", f"{b.host} -> {', '.join(names)}")]
+    settings = state["config"]
+    nodes, unresolved = probe.resolve(settings.broker_addresses())
+    hint = (f"check broker.host{'s' if settings.is_cluster() else ''} in the config, or "
+            f"/etc/hosts and the resolver")
+    if not nodes:
+        raise _Failed(_fail("dns", f"cannot resolve broker host {', '.join(unresolved)}",
+                            hint, 4))
+    state["nodes"] = nodes
+    shown = "; ".join(f"{host} -> {', '.join(sorted({a[0] for a in addresses}))}"
+                      for (host, _), addresses in nodes.items())
+    if unresolved:  # the others carry the cluster: a warning
+        return [Result("WARN", "dns", f"{shown}; cannot resolve {', '.join(unresolved)}", hint)]
+    return [Result("OK", "dns", shown)]
 
 
 def _tcp(state):
-    b = state["config"].broker
-    errors = []
-    for address in state["addresses"]:
-        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-        try:
-            with socket.socket(family, socket.SOCK_STREAM) as sock:
-                sock.settimeout(b.connect_timeout)
-                sock.connect(address)
-            return [Result("OK", "tcp", f"connected to {address[0]} port {b.port}")]
-        except OSError as error:
-            reason = "timed out" if isinstance(error, socket.timeout) else error.strerror
-            errors.append(f"{address[0]}: {reason or error}")
-    raise _Failed(_fail("tcp", f"cannot connect to port {b.port} ({'; '.join(errors)})",
-                        "is rabbitmq-server running and reachable? (systemctl status "
-                        "rabbitmq-server on the broker host; firewall; broker.port)", 4))
+    up, down = probe.reach(state["nodes"], state["config"].broker.connect_timeout)
+    hint = ("is rabbitmq-server running and reachable? (systemctl status rabbitmq-server on "
+            "the broker host; firewall; broker.port)")
+    state["nodes_down"] = down
+    if not up:
+        raise _Failed(_fail("tcp", f"cannot connect to {' nor '.join(down)}", hint, 4))
+    if down:
+        return [Result("WARN", "tcp", f"connected to {', '.join(up)}; cannot connect to "
+                                      f"{', '.join(down)}", hint)]
+    return [Result("OK", "tcp", f"connected to {', '.join(up)}")]
 
 
 def _login(state):
@@ -181,6 +177,18 @@ def _login(state):
     over = f" over {sock.version()}" if b.tls and hasattr(sock, "version") else ""
     return [Result("OK", "login", f"user '{b.user}' logged in at {b.host}:{b.port}{over}"),
             Result("OK", "vhost", f"vhost '{b.vhost}' is open to user '{b.user}'")]
+
+
+def _cluster(state):
+    """A cluster's members as the local node sees them (on a broker host), else as the tcp
+    step found them: a warning when one is down, never a failure (the others serve)."""
+    settings = state["config"]
+    if not settings.is_cluster():
+        return []
+    from celeryd_pkg.admin import cluster
+
+    status, detail, hint = cluster.health(len(settings.broker.hosts), state["nodes_down"])
+    return [Result(status, "cluster", detail, hint)]
 
 
 def _store(state):
@@ -262,26 +270,11 @@ def _workers(state):
         return [_fail("workers", f"{what} queue '{queue}' on vhost '{settings.broker.vhost}'",
                       "systemctl start celery-worker on a worker host (journalctl -u "
                       "celery-worker); client.queue names the queue", 1)]
-    names = _consumers_named(settings, queue, state["ping_timeout"])
+    from celeryd_pkg.admin.control import consumers_named
+
+    names = consumers_named(settings, queue, state["ping_timeout"])
     named = f": {', '.join(names)}" if names else ""
     return [Result("OK", "workers", f"{consumers} consuming queue '{queue}'{named}")]
-
-
-def _consumers_named(settings, queue, timeout):
-    """Return the names of the workers that say they consume queue, or [] when this account
-    may not ask (a submit-only client cannot publish to the workers' control exchange)."""
-    from celeryd_pkg.app import make_control_app
-
-    try:
-        app = make_control_app(settings)
-        try:
-            replies = app.control.inspect(timeout=timeout).active_queues() or {}
-        finally:
-            app.close()
-    except Exception:  # noqa: BLE001 - naming the workers is a bonus; counting them sufficed
-        return []
-    return sorted(node for node, queues in replies.items()
-                  if any(q.get("name") == queue for q in queues or ()))
 
 
 def action_check(args):

@@ -16,7 +16,7 @@ from celeryd_pkg import files
 from celeryd_pkg.admin import systemctl, tls
 from celeryd_pkg.errors import BrokerUnreachable, CelerydError
 
-__all__ = ["COOKIE", "RABBITMQ_DIR", "node_name", "bundle", "status", "join"]
+__all__ = ["COOKIE", "RABBITMQ_DIR", "node_name", "bundle", "status", "health", "join"]
 
 COOKIE = "/var/lib/rabbitmq/.erlang.cookie"
 RABBITMQ_DIR = "/etc/rabbitmq"
@@ -46,6 +46,31 @@ def status(ctl):
             "disk": sorted(reported.get("disk_nodes") or []),
             "partitions": reported.get("partitions") or {},
             "alarms": reported.get("alarms") or []}
+
+
+def health(count, unreachable, ctl=None):
+    """Return check's (status, detail, hint) of a cluster of count nodes: the local node's
+    view (members running, partitions, alarms) on a broker host, else which of the nodes
+    this host reaches (unreachable: the nodes it could not connect to)."""
+    from celeryd_pkg.admin.rabbitmqctl import Rabbitmqctl
+
+    try:
+        seen = status(ctl or Rabbitmqctl(timeout=30))
+    except CelerydError:  # no broker on this host (or not root): what the tcp step saw
+        seen = None
+    hint = "systemctl status rabbitmq-server on the node; the others serve meanwhile"
+    if seen is None:
+        detail = f"{count - len(unreachable)} of {count} nodes answer"
+        return ("WARN", detail, hint) if unreachable else ("OK", detail, "")
+    stopped = sorted(set(seen["disk"]) - set(seen["running"]))
+    detail = (f"{len(seen['running'])} of {len(seen['disk'])} nodes running: "
+              f"{', '.join(seen['running'])}"
+              + (f"; stopped: {', '.join(stopped)}" if stopped else "")
+              + (f"; partitions: {seen['partitions']}" if seen["partitions"] else "")
+              + (f"; alarms: {seen['alarms']}" if seen["alarms"] else ""))
+    if stopped or seen["partitions"] or seen["alarms"]:
+        return "WARN", detail, hint
+    return "OK", detail, ""
 
 
 def join(ctl, joined, ca_pem=None):

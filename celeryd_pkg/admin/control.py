@@ -12,7 +12,7 @@ from celeryd_pkg.admin.cli import Command, config_option
 from celeryd_pkg.errors import CelerydError
 from celeryd_pkg.settings import lazy_app
 
-__all__ = ["drain", "resume", "REPLY_TIMEOUT", "COMMANDS", "app"]
+__all__ = ["drain", "resume", "consumers_named", "REPLY_TIMEOUT", "COMMANDS", "app"]
 
 REPLY_TIMEOUT = 5.0
 
@@ -53,6 +53,23 @@ def _each_queue(config, node, command, timeout):
     finally:
         app.close()
     return list(config.worker.queues)
+
+
+def consumers_named(settings, queue, timeout):
+    """Return the names of the workers that say they consume queue, or [] when this account
+    may not ask (a submit-only client cannot publish to the workers' control exchange)."""
+    from celeryd_pkg.app import make_control_app
+
+    try:
+        app = make_control_app(settings)
+        try:
+            replies = app.control.inspect(timeout=timeout).active_queues() or {}
+        finally:
+            app.close()
+    except Exception:  # noqa: BLE001 - naming the workers is a bonus; counting them sufficed
+        return []
+    return sorted(node for node, queues in replies.items()
+                  if any(q.get("name") == queue for q in queues or ()))
 
 
 def action_drain_or_resume(args):

@@ -120,3 +120,41 @@ def test_a_damaged_cluster_part_is_a_usage_error_naming_it(capsys, monkeypatch, 
                          stdin=f"amqps://u:p4ss@a,b/v?cluster={part}", monkeypatch=monkeypatch)
     assert code == 2 and err.count("\n") == 1 and "cluster:" in err and "p4ss" not in err
     assert not creds.exists()
+
+
+def test_health_on_a_broker_host_names_the_running_and_stopped_members(fake):
+    set_node(fake, "rabbit@rmq-a", ["rabbit@rmq-a", "rabbit@rmq-b"])
+    assert cluster.health(2, [], fake.ctl()) == (
+        "OK", "2 of 2 nodes running: rabbit@rmq-a, rabbit@rmq-b", "")
+
+
+def test_health_elsewhere_counts_the_nodes_this_host_reaches(fake):
+    status, detail, hint = cluster.health(3, ["port 5671 (10.0.0.3: Connection refused)"],
+                                          fake.ctl(FAKE_CTL_DOWN="1"))
+    assert (status, detail) == ("WARN", "2 of 3 nodes answer")
+    assert "systemctl status rabbitmq-server" in hint
+    assert cluster.health(3, [], fake.ctl(FAKE_CTL_DOWN="1")) == ("OK", "3 of 3 nodes answer", "")
+
+
+def test_check_warns_of_a_node_down_and_fails_only_when_none_answers(tmp_path):
+    import socket
+
+    from celeryd_pkg.admin import check
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead = probe.getsockname()[1]
+    live = listener.getsockname()[1]
+    main = tmp_path / "celeryd.yaml"
+    main.write_text(f"broker:\n  hosts: ['127.0.0.1:{dead}', '127.0.0.1:{live}']\n")
+    with listener:
+        lines = {r.name: r for r in check.diagnose(str(main), env={})}
+    assert lines["tcp"].status == "WARN"
+    assert lines["tcp"].detail == (f"connected to 127.0.0.1 port {live}; cannot connect to "
+                                   f"port {dead} (127.0.0.1: Connection refused)")
+    main.write_text(f"broker:\n  hosts: ['127.0.0.1:{dead}', '127.0.0.1:{live}']\n")
+    lines = {r.name: r for r in check.diagnose(str(main), env={})}
+    assert (lines["tcp"].status, lines["tcp"].exit_code) == ("FAIL", 4)
+    assert lines["tcp"].detail == (f"cannot connect to port {dead} (127.0.0.1: Connection "
+                                   f"refused) nor port {live} (127.0.0.1: Connection refused)")
