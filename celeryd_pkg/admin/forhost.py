@@ -1,15 +1,19 @@
 """provision --for-host NAME: the broker account of another host (a worker, a client, or a
 broker joining the cluster), printed once as its join string."""
 
+import json
 import socket
 import sys
+from pathlib import Path
 
-from celeryd_pkg import account, config
+from celeryd_pkg import account, config, files
 from celeryd_pkg.admin import cluster, storeaccounts, tls
 from celeryd_pkg.admin.provision import operator_account, provision_remote
 from celeryd_pkg.admin.rabbitmqctl import Rabbitmqctl, check_name
 
-__all__ = ["provision_for_host"]
+__all__ = ["HOSTS_FILE", "provision_for_host", "remember_hosts"]
+
+HOSTS_FILE = "10-broker-hosts.yaml"
 
 
 def provision_for_host(args):
@@ -33,8 +37,17 @@ def provision_for_host(args):
     if joining:  # queues declared without a type are quorum queues, replicated
         ctl.run("update_vhost_metadata", vhost, "--default-queue-type", "quorum")
     hosts = args.broker_host or config.load(args.config).broker.hosts or [socket.getfqdn()]
+    if joining and len(hosts) > 1:  # later join strings (workers, clients) name every node
+        remember_hosts(config.config_paths(args.config)[1], hosts)
     broker = {"host": hosts[0], "hosts": hosts if len(hosts) > 1 else [], "vhost": vhost,
               "user": user, "password": password, "tls": tls_on}
     print(account.to_url(broker, masked=False, ca_file=ca.cert if tls_on else None,
                          results_password=results_password, cluster=joining), flush=True)
     return 0
+
+
+def remember_hosts(conf_d, hosts):
+    """Write the cluster's nodes to conf.d/HOSTS_FILE (broker.hosts), once they are known."""
+    text = ("# Written by celeryd-admin provision --role broker: the nodes of this cluster.\n"
+            "broker:\n  hosts: [" + ", ".join(json.dumps(host) for host in hosts) + "]\n")
+    files.replace(Path(conf_d) / HOSTS_FILE, text)

@@ -67,6 +67,8 @@ def test_a_broker_join_string_carries_the_node_cookie_and_certificate(join_strin
     assert node["key"] == (rabbitmq / "tls" / "server.key").read_text()
     assert fake.state()["queue_type"] == {"celery": "quorum"}
     assert COOKIE not in account.to_url(joined)  # the masked form shows no secret
+    # rmq-a remembers the nodes: a worker's join string names them all.
+    assert config.load(str(main), env={}).broker.hosts == NODES.split(",")
 
 
 def test_join_makes_this_broker_a_node_of_the_cluster_and_a_rerun_changes_nothing(
