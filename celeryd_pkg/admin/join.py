@@ -78,7 +78,9 @@ def allow_broker(hosts, root="/"):
 
 def action_join(args):
     broker = account.from_url(_read_url(args.url))
-    gid = account.resolve_group(args.group)
+    # A broker host joining the cluster has no worker, so no group celery: root's file.
+    gid = 0 if "cluster" in broker and args.group == "celery" and not _group_exists("celery") \
+        else account.resolve_group(args.group)
     main_file, conf_d, path, _ = config.config_paths(args.config)
     ca_pem = broker.pop("ca", None)
     if args.allow_plain:
@@ -116,6 +118,15 @@ def action_join(args):
     print(f"joined {account.to_url(broker)}{stored}{joined_cluster}; check with: "
           f"celeryd-admin check")
     return 0
+
+
+def _group_exists(name):
+    import grp
+
+    try:
+        return bool(grp.getgrnam(name))
+    except KeyError:
+        return False
 
 
 def _read_url(value):
