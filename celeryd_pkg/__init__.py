@@ -1,3 +1,3 @@
 """celeryd: a packaged, hardened Celery worker, its client and broker provisioning."""
 
-__version__ = "0.7.0"
+__version__ = "0.8.0"

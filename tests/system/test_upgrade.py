@@ -37,7 +37,7 @@ from tests.system.harness import wait_until
 from tests.system.test_install import assert_active
 from tests.system.test_lifecycle import CONFIG, CREDENTIALS, sha256, show, stat, submit
 
-PREVIOUS = ("0.6.0", "9643892e2ad0c4820a4432d0721edd06c0f665c2")  # (version, its commit)
+PREVIOUS = ("0.7.0", "6bc25f53ba1d92f2f0f00f3f60a48eac8d65a371")  # (version, its commit)
 PREVIOUS_DIR = "/root/previous"
 BROKER_IP = "10.9.9.9"  # a remote broker by address: join needs no DNS, nothing connects
 CA = "/etc/celeryd/broker-ca.pem"
