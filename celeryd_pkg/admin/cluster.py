@@ -74,9 +74,9 @@ def health(count, unreachable, ctl=None):
 
 
 def join(ctl, joined, ca_pem=None):
-    """Make the local rabbitmq-server a node of the cluster of joined (a bundle): install its
-    certificate and cookie, restart the broker if they changed, and join_cluster. Return the
-    changes made ([] when this node is a member already). Raise NodeDown when the local
+    """Make the local rabbitmq-server a node of the cluster of joined (a bundle): stop the
+    broker, install the cluster's certificate and cookie, start it, and join_cluster. Return
+    the changes made ([] when this node is a member already). Raise NodeDown when the local
     broker does not run, CelerydError when RabbitMQ refuses the join."""
     if joined["node"] in status(ctl)["disk"]:
         return []
@@ -85,26 +85,26 @@ def join(ctl, joined, ca_pem=None):
     except KeyError:
         raise CelerydError("celeryd-admin join: no user rabbitmq: install rabbitmq-server "
                            "here first (apt install rabbitmq-server)") from None
-    changes = []
+    # The cookie and the TLS listener are read when the broker starts; a cookie changed under
+    # a running broker would also lock out the rabbitmqctl that stops it.
+    active = systemctl.is_active("rabbitmq-server")
+    if active and not systemctl.stop("rabbitmq-server"):
+        raise BrokerUnreachable(f"{PROG}: rabbitmq-server did not stop: journalctl -u "
+                                f"rabbitmq-server")
     if joined.get("cert") and ca_pem:
         tls.install_server(RABBITMQ_DIR, ca_pem.encode(), joined["cert"].encode(),
                            joined["key"].encode(), gid, prog=PROG)
-        changes.append("installed the cluster's TLS certificate")
     if _read_cookie(COOKIE) != joined["cookie"]:
         files.replace(COOKIE, joined["cookie"], PROG, 0o400, gid, uid)
-        changes.append("installed the cluster's Erlang cookie")
-    # The cookie and the TLS listener are read when the broker starts.
-    if changes and systemctl.is_active("rabbitmq-server") \
-            and not systemctl.restart("rabbitmq-server"):
-        raise BrokerUnreachable("celeryd-admin join: rabbitmq-server did not restart: "
-                                "journalctl -u rabbitmq-server")
+    if active and not systemctl.start("rabbitmq-server"):
+        raise BrokerUnreachable(f"{PROG}: rabbitmq-server did not start with the cluster's "
+                                f"cookie and certificate: journalctl -u rabbitmq-server")
     ctl.run("stop_app")
     try:
         ctl.run("join_cluster", joined["node"])
     finally:
         ctl.run("start_app")
-    changes.append(f"joined the cluster of {joined['node']}")
-    return changes
+    return [f"joined the cluster of {joined['node']}"]
 
 
 def _read_cookie(path, must=False):

@@ -3,7 +3,7 @@
 import subprocess
 from pathlib import Path
 
-__all__ = ["running", "is_active", "restart", "daemon_reload"]
+__all__ = ["running", "is_active", "restart", "stop", "start", "daemon_reload"]
 
 
 def running(root="/"):
@@ -23,6 +23,16 @@ def is_active(unit):
 def restart(unit):
     """Restart unit; return whether it worked."""
     return _systemctl("restart", unit).returncode == 0
+
+
+def stop(unit):
+    """Stop unit; return whether it worked."""
+    return _systemctl("stop", unit).returncode == 0
+
+
+def start(unit):
+    """Start unit; return whether it worked."""
+    return _systemctl("start", unit).returncode == 0
 
 
 def daemon_reload(root="/"):
