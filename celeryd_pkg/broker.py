@@ -61,7 +61,7 @@ def connect(config, vhost=None, heartbeat=0):
             failure = translate(error, config, vhost, node=(host, port))
             # Accounts are cluster-wide: only a node out of reach is worth the next one.
             if tried == len(nodes) or not isinstance(failure, BrokerUnreachable):
-                if tried > 1:
+                if tried > 1 and isinstance(failure, BrokerUnreachable):
                     failure.message = f"none of {tried} broker nodes answered; the last: " \
                                       f"{failure.message}"
                 raise failure from None
