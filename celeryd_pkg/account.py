@@ -12,8 +12,8 @@ from celeryd_pkg import files, joinparts
 from celeryd_pkg.errors import ConfigError, UsageError
 
 __all__ = ["KEYS", "RESULTS_KEYS", "PORTS", "MODE", "default_port", "to_url", "from_url",
-           "mask_url", "addresses", "default_results_port", "to_results_url", "load", "load_results", "render", "save", "staged", "locked", "remove",
-           "resolve_group"]
+           "mask_url", "addresses", "netloc", "default_results_port", "to_results_url", "load",
+           "load_results", "render", "save", "staged", "locked", "remove", "resolve_group"]
 
 # The only keys the credentials file may set, in the order it is written: where the broker is
 # and how to log in (the config loader accepts nothing else in that file).
@@ -48,12 +48,12 @@ def to_url(broker, masked=True, vhost=None, ca_file=None, results_password=None,
     secret = "***" if masked and password else quote(password, safe="")
     auth = quote(broker["user"], safe="") + (":" + secret if password else "")
     scheme = "amqps" if broker["tls"] else "amqp"
-    netloc = ",".join(f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-                      for host, port in addresses(broker))
-    url = f"{scheme}://{auth}@{netloc}/{quote(vhost, safe='')}"
+    nodes = ",".join(netloc(host, port) for host, port in addresses(broker))
+    url = f"{scheme}://{auth}@{nodes}/{quote(vhost, safe='')}"
     query = ([f"ca={joinparts.encode_ca(ca_file)}"] if ca_file else []) + (
         [f"results={quote(results_password, safe='')}"] if results_password and not masked
-        else []) + ([f"cluster={joinparts.encode_cluster(cluster)}"] if cluster and not masked else [])
+        else []) + (
+        [f"cluster={joinparts.encode_cluster(cluster)}"] if cluster and not masked else [])
     return f"{url}?{'&'.join(query)}" if query else url
 
 
@@ -66,6 +66,11 @@ def addresses(broker):
     if not broker.get("hosts"):
         return [(broker["host"], port)]
     return [(host, own or port) for host, own in map(split_host, broker["hosts"])]
+
+
+def netloc(host, port):
+    """Return HOST:PORT, an IPv6 address in brackets: a URL's node, a broker.hosts entry."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def default_results_port(tls):
@@ -141,8 +146,8 @@ def from_url(text):
     if "#" in hostpart:
         bad("URL", "a fragment (not supported)")
     hostpart, _, query = hostpart.partition("?")
-    netloc, slash, path = hostpart.partition("/")
-    nodes = [_host_port(part, bad, PORTS[scheme]) for part in netloc.split(",")]
+    authority, slash, path = hostpart.partition("/")
+    nodes = [_host_port(part, bad, PORTS[scheme]) for part in authority.split(",")]
     if len(set(nodes)) < len(nodes):
         bad("host", "a node named twice")
     host, port = nodes[0]
@@ -156,7 +161,7 @@ def from_url(text):
     broker = {"host": host, "port": port, "vhost": vhost, "user": user, "password": password,
               "tls": scheme == "amqps"}
     if len(nodes) > 1:  # a cluster: the credentials file keeps every node
-        broker["hosts"] = [f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in nodes]
+        broker["hosts"] = [netloc(host, port) for host, port in nodes]
     for item in filter(None, query.split("&")):
         name, _, value = item.partition("=")
         if name == "results":
@@ -180,13 +185,13 @@ def from_url(text):
     return broker
 
 
-def _host_port(netloc, bad, default):
+def _host_port(node, bad, default):
     from celeryd_pkg.schema import split_host
 
     try:
-        host, port = split_host(netloc)
+        host, port = split_host(node)
     except ValueError:
-        bad("host", f"'{netloc}' is not HOST or HOST:PORT (an IPv6 address in [], port 1-65535)")
+        bad("host", f"'{node}' is not HOST or HOST:PORT (an IPv6 address in [], port 1-65535)")
     return host, port or default
 
 

@@ -8,6 +8,7 @@ import re
 import socket
 from collections import namedtuple
 
+from celeryd_pkg import account
 from celeryd_pkg.errors import (
     AccessRefused, BrokerUnreachable, LoginRefused, TlsFailed, VhostRefused,
 )
@@ -49,9 +50,8 @@ def connect(config, vhost=None, heartbeat=0):
     b = config.broker
     nodes = config.broker_addresses()
     for tried, (host, port) in enumerate(nodes, 1):
-        netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         connection = amqp.Connection(
-            host=netloc, userid=b.user, password=b.password or "",
+            host=account.netloc(host, port), userid=b.user, password=b.password or "",
             virtual_host=b.vhost if vhost is None else vhost,
             connect_timeout=b.connect_timeout, heartbeat=heartbeat, ssl=ssl_options(b, host))
         try:

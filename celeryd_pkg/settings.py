@@ -19,12 +19,10 @@ def task_queues(config):
     """Return the durable queues named by worker.queues, each bound to an exchange of its
     name: direct on one broker; on a cluster, quorum queues (replicated on the nodes) bound to
     topic exchanges, which Celery's native delayed delivery needs for countdown tasks."""
-    if not config.is_cluster():
-        return [Queue(name, Exchange(name, type="direct", durable=True), routing_key=name,
-                      durable=True) for name in config.worker.queues]
-    return [Queue(name, Exchange(name, type="topic", durable=True), routing_key=name,
-                  durable=True, queue_arguments={"x-queue-type": "quorum"})
-            for name in config.worker.queues]
+    kind, arguments = ("topic", {"x-queue-type": "quorum"}) if config.is_cluster() \
+        else ("direct", None)
+    return [Queue(name, Exchange(name, type=kind, durable=True), routing_key=name,
+                  durable=True, queue_arguments=arguments) for name in config.worker.queues]
 
 
 def cluster_settings(config):
