@@ -8,6 +8,16 @@ from celeryd_pkg.admin import join, tls
 from tests.unit.admin.conftest import SECRET, run
 
 
+def units_under(tmp_path, monkeypatch, *units):
+    """A root directory (CELERYD_ROOT) where the given units are installed; return it."""
+    root = tmp_path / "root"
+    (root / "lib/systemd/system").mkdir(parents=True)
+    for unit in units:
+        (root / "lib/systemd/system" / unit).write_text("[Service]\n")
+    monkeypatch.setenv("CELERYD_ROOT", str(root))
+    return root
+
+
 def test_join_from_stdin_writes_every_broker_key_and_prints_no_secret(
         capsys, monkeypatch, etc):
     main, creds = etc
@@ -59,11 +69,8 @@ def test_join_amqps_writes_the_ca_beside_the_config_and_turns_tls_on(capsys, mon
 def test_join_lets_installed_worker_and_beat_units_reach_the_broker(capsys, monkeypatch, etc,
                                                                      tmp_path):
     main, creds = etc
-    root = tmp_path / "root"
-    (root / "lib/systemd/system").mkdir(parents=True)
-    for unit in ("celery-worker.service", "celery-worker@.service", "celery-beat.service"):
-        (root / "lib/systemd/system" / unit).write_text("[Service]\n")
-    monkeypatch.setenv("CELERYD_ROOT", str(root))
+    root = units_under(tmp_path, monkeypatch, "celery-worker.service", "celery-worker@.service",
+                       "celery-beat.service")
     code, out, err = run(capsys, "join", "-", "--allow-plain", "--config", str(main),
                          "--group", "root", stdin=f"amqp://u:{SECRET}@10.9.8.7/v",
                          monkeypatch=monkeypatch)
@@ -78,10 +85,7 @@ def test_join_lets_installed_worker_and_beat_units_reach_the_broker(capsys, monk
 def test_join_to_an_unresolvable_host_exits_4_and_writes_nothing(capsys, monkeypatch, etc,
                                                                  tmp_path):
     main, creds = etc
-    root = tmp_path / "root"
-    (root / "lib/systemd/system").mkdir(parents=True)
-    (root / "lib/systemd/system/celery-worker.service").write_text("[Service]\n")
-    monkeypatch.setenv("CELERYD_ROOT", str(root))
+    root = units_under(tmp_path, monkeypatch, "celery-worker.service")
     code, out, err = run(capsys, "join", "-", "--allow-plain", "--config", str(main),
                          "--group", "root", stdin=f"amqp://u:{SECRET}@no-such-host.invalid/v",
                          monkeypatch=monkeypatch)
@@ -149,10 +153,7 @@ def test_join_keeps_an_operators_results_file_that_already_stores_in_redis(
 def test_join_to_a_cluster_lets_the_units_reach_every_node_and_keeps_the_list(
         capsys, monkeypatch, etc, tmp_path):
     main, creds = etc
-    root = tmp_path / "root"
-    (root / "lib/systemd/system").mkdir(parents=True)
-    (root / "lib/systemd/system/celery-worker.service").write_text("[Service]\n")
-    monkeypatch.setenv("CELERYD_ROOT", str(root))
+    root = units_under(tmp_path, monkeypatch, "celery-worker.service")
     code, out, err = run(capsys, "join", "-", "--allow-plain", "--config", str(main),
                          "--group", "root", stdin=f"amqp://u:{SECRET}@10.9.8.7,10.9.8.8:5999/v",
                          monkeypatch=monkeypatch)
